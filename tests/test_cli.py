@@ -1,0 +1,98 @@
+"""End-to-end: the `vitlab` CLI on the tiny test config and real Fashion-MNIST images."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, VITLAB, needs_fmnist
+
+CFG = str(REPO / "configs" / "_test" / "tiny_fmnist.yaml")
+pytestmark = needs_fmnist
+
+
+def run(args, cwd, timeout=300, check=True):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([*VITLAB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"vitlab {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+def _ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_fit_then_test_then_validate(tmp_path):
+    root = tmp_path / "run"
+    run(["fit", "--config", CFG, f"--trainer.default_root_dir={root}"], REPO)
+    last = root / "checkpoints" / "last.ckpt"
+    ck = _ckpt(last)
+    assert ck["hyper_parameters"]["num_classes"] == 10  # linked from data.num_classes
+    assert ck["hyper_parameters"]["class_names"][0] == "T-shirt/top"
+    assert ck["global_step"] == 12 and ck["epoch"] == 1  # 2 epochs x 6 batches (384 train images / 64)
+    assert (root / "logs" / "version_0" / "metrics.csv").exists()
+    assert list((root / "logs" / "version_0").glob("events.out.tfevents.*"))  # TensorBoard beside CSV
+    res = run(["test", "--config", CFG, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"], REPO)
+    assert "test/acc" in res.stdout
+    assert (root / "logs" / "version_1" / "confusion_matrix.png").exists()
+    run(["validate", "--config", CFG, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"], REPO)
+
+
+def test_print_config_shows_linked_model_and_data(tmp_path):
+    res = run(["fit", "--config", CFG, "--print_config"], tmp_path)
+    assert "vitlab.tasks.ClassificationTask" in res.stdout and "FashionMNISTDataModule" in res.stdout
+
+
+def test_unknown_model_is_one_clear_line(tmp_path):
+    res = run(["fit", "--config", CFG, "--model.init_args.model_name=vit_nope"], REPO, check=False)
+    assert res.returncode == 2
+    assert "vitlab: error: unknown model 'vit_nope'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_wrong_option_and_missing_data_dir(tmp_path):
+    res = run(["fit", "--config", CFG, "--model.init_args.lrr=1"], REPO, check=False)
+    assert res.returncode != 0 and "lrr" in res.stderr and "Traceback" not in res.stderr
+    res = run(["fit", "--config", CFG, "--data=vitlab.data.ImageFolderDataModule",
+               f"--data.train_dir={tmp_path / 'nope'}"], REPO, check=False)
+    assert res.returncode != 0 and "nope does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    common = ["--config", CFG, "--trainer.max_epochs=6", "--data.init_args.limit=2048"]
+    full = tmp_path / "full"
+    run(["fit", *common, f"--trainer.default_root_dir={full}"], REPO)
+    expected = _ckpt(full / "checkpoints" / "last.ckpt")
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*VITLAB, "fit", *common, f"--trainer.default_root_dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = _ckpt(last)  # whatever was on disk at the kill loads: writes are atomic
+    assert interrupted["global_step"] < expected["global_step"], "the run finished before it could be killed"
+
+    run(["fit", *common, f"--trainer.default_root_dir={killed}", "--ckpt_path=last"], REPO)
+    resumed = _ckpt(last)
+    assert resumed["global_step"] == expected["global_step"]
+    assert resumed["epoch"] == expected["epoch"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    root = tmp_path / "ddp"
+    run(["fit", "--config", CFG, f"--trainer.default_root_dir={root}", "--trainer.strategy=ddp",
+         "--trainer.devices=2", "--trainer.max_epochs=1"], REPO)
+    ck = _ckpt(root / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 3  # 384 train images / (2 ranks x 64)

@@ -1,0 +1,145 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import needs_fmnist
+from vitlab.data.datamodules import FashionMNISTDataModule, ImageFolderDataModule, collate
+from vitlab.data.datasets import FileListDataset, fashion_mnist_arrays, read_csv_list, read_idx, scan_image_folder
+from vitlab.data.transforms import load_pipeline, make_sample_transform
+from vitlab.errors import VitlabError
+from vitlab.preprocess import PreprocessCfg
+
+GREY28 = PreprocessCfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,))
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def test_read_idx_plain_and_gzip(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a.idx").write_bytes(_idx_bytes(arr))
+    with gzip.open(tmp_path / "a.idx.gz", "wb") as f:
+        f.write(_idx_bytes(arr))
+    assert np.array_equal(read_idx(tmp_path / "a.idx"), arr)
+    assert np.array_equal(read_idx(tmp_path / "a.idx.gz"), arr)
+
+
+def test_read_idx_truncated_names_file(tmp_path):
+    (tmp_path / "t.idx").write_bytes(_idx_bytes(np.zeros((4, 4), np.uint8))[:-3])
+    with pytest.raises(VitlabError, match=r"t\.idx is truncated"):
+        read_idx(tmp_path / "t.idx")
+
+
+@needs_fmnist
+def test_fashion_mnist_official_splits(fmnist_test):
+    images, labels = fmnist_test
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_fashion_mnist_missing_gives_instructions(tmp_path, monkeypatch):
+    import vitlab.data.datasets as ds
+
+    monkeypatch.setattr(ds, "DEBIAN_FMNIST", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("VITLAB_DATA", raising=False)
+    with pytest.raises(VitlabError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist_arrays("train", data_dir=tmp_path)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(VitlabError, match="does not exist"):
+        scan_image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VitlabError, match="no class sub-folders"):
+        scan_image_folder(tmp_path / "empty")
+    (tmp_path / "root" / "cats").mkdir(parents=True)
+    (tmp_path / "root" / "cats" / "notes.txt").write_text("x")
+    with pytest.raises(VitlabError, match=r"class folder .*cats has no images"):
+        scan_image_folder(tmp_path / "root")
+
+
+def test_csv_list(tmp_path, image_folder):
+    files, labels, classes = scan_image_folder(image_folder)
+    lines = ["path,label"] + [f"{f},{classes[y]}" for f, y in zip(files, labels)]
+    (tmp_path / "list.csv").write_text("\n".join(lines))
+    f2, l2, c2 = read_csv_list(tmp_path / "list.csv")
+    assert (f2, l2, c2) == (files, labels, classes)
+    (tmp_path / "bad.csv").write_text("file,cls\na.png,x\n")
+    with pytest.raises(VitlabError, match="'path' and 'label'"):
+        read_csv_list(tmp_path / "bad.csv")
+    with pytest.raises(VitlabError, match="not in class_names"):
+        read_csv_list(tmp_path / "list.csv", class_names=["class_0"])
+
+
+def test_corrupt_image_is_skipped_and_counted(image_folder):
+    bad = image_folder / "class_1" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    files, labels, _ = scan_image_folder(image_folder)
+    ds = FileListDataset(files, labels)
+    items = [ds[i] for i in range(len(ds))]
+    assert sum(it is None for it in items) == 1
+    batch = collate(items)
+    assert batch["skipped"] == 1 and len(batch["target"]) == len(files) - 1
+    strict = FileListDataset(files, labels, on_bad_image="raise")
+    with pytest.raises(VitlabError, match=r"broken\.png"):
+        [strict[i] for i in range(len(strict))]
+
+
+def test_augment_yaml_validation(tmp_path):
+    cases = {
+        "nop.yaml": ("__version__: 2.0.8\ntransform:\n  __class_fullname__: Compose\n  transforms:\n"
+                     "    - __class_fullname__: HorizontalFlip\n", "has no 'p'"),
+        "unknown.yaml": ("transform:\n  __class_fullname__: Compose\n  transforms:\n"
+                         "    - {__class_fullname__: NoSuchTransform, p: 1.0}\n", "unknown.yaml"),
+        "norm.yaml": ("transform:\n  __class_fullname__: Compose\n  transforms:\n"
+                      "    - {__class_fullname__: Normalize, p: 1.0}\n", "remove Normalize"),
+        "broken.yaml": ("transform: [unclosed\n", "invalid YAML"),
+        "flat.yaml": ("- HorizontalFlip\n", "'transform' key"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(VitlabError, match=match):
+            load_pipeline(tmp_path / name)
+    with pytest.raises(VitlabError, match="does not exist"):
+        load_pipeline(tmp_path / "missing.yaml")
+
+
+def test_shipped_pipelines_load_and_keep_size():
+    for name in ("fmnist_flip", "fmnist_strong"):
+        t = make_sample_transform(GREY28, load_pipeline(f"configs/augment/{name}.yaml"))
+        for _ in range(5):
+            assert t(np.zeros((28, 28, 1), np.uint8)).shape == (1, 28, 28)
+    rgb = PreprocessCfg(input_size=(3, 224, 224))
+    t = make_sample_transform(rgb, load_pipeline("configs/augment/imagenet_train.yaml"))
+    assert t(np.zeros((300, 400, 3), np.uint8)).shape == (3, 224, 224)
+
+
+@needs_fmnist
+def test_fmnist_datamodule_split_is_deterministic_and_disjoint():
+    def split(seed):
+        dm = FashionMNISTDataModule(limit=200, val_fraction=0.25, seed=seed, preprocess=GREY28)
+        dm.setup("fit")
+        return dm._sets["train"].base.indices, dm._sets["val"].base.indices
+
+    tr, va = split(0)
+    assert len(va) == 50 and len(tr) == 150 and not set(tr) & set(va)
+    assert split(0) == (tr, va) and split(1) != (tr, va)
+
+
+@needs_fmnist
+def test_datamodule_batches_are_uint8_in_model_layout(image_folder):
+    dm = ImageFolderDataModule(str(image_folder), batch_size=4, preprocess=PreprocessCfg(input_size=(3, 32, 32)))
+    assert dm.num_classes == 3 and dm.class_names == ["class_0", "class_1", "class_2"]
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, 32, 32)
+
+
+def test_datamodule_without_preprocess_says_how(image_folder):
+    dm = ImageFolderDataModule(str(image_folder))
+    with pytest.raises(VitlabError, match="PreprocessCfg"):
+        dm.setup("fit")

@@ -1,0 +1,52 @@
+import lightning as L
+import pytest
+import torch
+
+import vitlab
+from vitlab.data import FashionMNISTDataModule
+from vitlab.tasks import ClassificationTask
+
+TINY = dict(model_name="vitlab_tiny", model_options={"img_size": 28, "patch_size": 7, "in_chans": 1})
+
+
+def _trainer(tmp_path, **kw):
+    return L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, **kw)
+
+
+def test_layer_decay_scales_lr_per_depth():
+    task = ClassificationTask(**TINY, layer_decay=0.5, lr=1.0)
+    groups = task._param_groups()
+    scales = sorted({g.get("lr_scale", 1.0) for g in groups})
+    assert scales[0] == pytest.approx(0.5 ** 3) and scales[-1] == 1.0  # embed, 2 blocks, head
+
+
+def test_learns_on_real_images_and_reloads_from_checkpoint_alone(tmp_path, fmnist_test):
+    L.seed_everything(0)
+    task = ClassificationTask(**TINY, num_classes=10, lr=3e-3, warmup_epochs=0.2, mixup_alpha=0.2,
+                              cutmix_alpha=0.5, mix_prob=0.5, ema_decay=0.9)
+    dm = FashionMNISTDataModule(limit=1024, batch_size=64, val_fraction=0.25)
+    trainer = _trainer(tmp_path, max_epochs=3)
+    trainer.fit(task, dm)
+    val_acc = float(trainer.callback_metrics["val/acc"])
+    assert val_acc > 0.45, val_acc  # chance is 0.10
+    trainer.save_checkpoint(tmp_path / "t.ckpt")
+    again = vitlab.load(tmp_path / "t.ckpt")
+    assert again.hparams.ema_decay == 0.9 and again.preprocess == task.preprocess
+    x = torch.from_numpy(fmnist_test[0][:16]).unsqueeze(1)
+    task.eval()
+    assert torch.allclose(task(x), again(x), atol=1e-5)
+
+
+def test_test_stage_writes_report(tmp_path):
+    task = ClassificationTask(**TINY, num_classes=10)
+    dm = FashionMNISTDataModule(limit=256, batch_size=128)
+    trainer = L.Trainer(accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False,
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"))
+    res = trainer.test(task, dm)[0]
+    assert {"test/acc", "test/top5", "test/f1", "test/precision", "test/recall"} <= set(res)
+    log_dir = tmp_path / "logs" / "version_0"
+    assert (log_dir / "confusion_matrix.png").stat().st_size > 1000
+    rows = (log_dir / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,precision,recall,f1,support" and len(rows) == 11
+    assert sum(int(r.rsplit(",", 1)[1]) for r in rows[1:]) == 256

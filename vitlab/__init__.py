@@ -1,0 +1,19 @@
+"""vitlab: Vision Transformers for classification, detection and generation, trained with Lightning."""
+
+from vitlab.errors import VitlabError
+from vitlab.models.classify import create_backbone, create_model
+from vitlab.preprocess import PreprocessCfg
+from vitlab.registry import list_models, register_model
+
+__version__ = "0.1.0"
+
+
+def load(path: str, map_location: str = "cpu"):
+    """A trained task from a vitlab/Lightning checkpoint, loaded without executing pickled code."""
+    from vitlab.tasks import load_task
+
+    return load_task(path, map_location=map_location)
+
+
+__all__ = ["PreprocessCfg", "VitlabError", "__version__", "create_backbone", "create_model", "list_models", "load",
+           "register_model"]

@@ -1,0 +1,167 @@
+"""ViTBackbone: the one contract every vitlab head builds on.
+
+``ViTBackbone(images) -> {"tokens": [N, P+L, D], "pooled": [N, D], "map": [N, D, H/p, W/p]}`` where
+``images`` are pixels on the 0..255 scale (uint8 or float). Normalisation runs inside, from the
+PreprocessCfg, so exported graphs and edge apps feed raw pixels. Heads use ``out_channels``, ``strides``,
+``patch_size`` and ``num_prefix_tokens``; they never reach into timm's internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.errors import VitlabError
+from vitlab.preprocess import PreprocessCfg
+
+log = logging.getLogger(__name__)
+
+# prefixes that wrap timm's VisionTransformer keys in Lightning / DDP / torch.compile / vitlab checkpoints
+_WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "backbone.", "vit.")
+
+
+class ViTBackbone(nn.Module):
+    """A timm VisionTransformer without its classifier, plus in-graph normalisation."""
+
+    def __init__(self, arch: str, preprocess: PreprocessCfg, pretrained: bool = False, **timm_kwargs: Any) -> None:
+        super().__init__()
+        import timm
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.arch = arch
+        self.preprocess = preprocess
+        try:
+            self.vit = timm.create_model(arch, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        except (OSError, RuntimeError) as e:
+            if not pretrained:
+                raise
+            raise VitlabError(f"could not fetch pretrained weights for {arch!r} ({type(e).__name__}); without internet "
+                              "pass a local file instead: pretrained=/path/to/weights.safetensors") from None
+        if not isinstance(self.vit, VisionTransformer):
+            raise VitlabError(f"{arch!r} did not build a timm VisionTransformer")
+        c = preprocess.channels
+        self.register_buffer("pixel_mean", torch.tensor(preprocess.mean).view(1, c, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(preprocess.std).view(1, c, 1, 1) * 255.0, persistent=False)
+
+    @property
+    def out_channels(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.vit.patch_embed.patch_size[0]
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (self.patch_size,)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vit.num_prefix_tokens
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = images.shape
+        tokens = self.vit.forward_features(self.normalize(images))  # [N, P+L, D]
+        pooled = self.vit.forward_head(tokens, pre_logits=True)  # [N, D]
+        p = self.patch_size
+        patches = tokens[:, self.num_prefix_tokens:]  # [N, L, D]
+        fmap = patches.transpose(1, 2).reshape(n, -1, h // p, w // p)  # [N, D, H/p, W/p]
+        return {"tokens": tokens, "pooled": pooled, "map": fmap}
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did: keys it could not fill, keys it ignored, tensors it adapted."""
+
+    path: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"loaded {self.path}: {len(self.missing)} missing ({', '.join(self.missing[:5]) or '-'}), "
+                f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:5]) or '-'}), "
+                f"adapted: {', '.join(self.adapted) or '-'}")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors, .pth/.pt/.bin or Lightning .ckpt file, never executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitlabError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for payloads, RuntimeError for non-torch files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitlabError(f"refusing to load {path}: not a plain tensor checkpoint ({first[:200]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VitlabError(f"{path} holds no state dict of tensors")
+    return obj
+
+
+def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip Lightning/DDP/vitlab wrappers so keys read like timm's (``blocks.0...``, ``head.weight``)."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.PathLike) -> LoadReport:
+    """Load a local file into backbone (+ head): keys remapped, position embeddings resampled to the grid,
+    patch embedding adapted to the channel count, the head dropped when its shape differs."""
+    from timm.models import adapt_input_conv
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    report = LoadReport(str(path))
+    state = canonical_keys(read_state_dict(path))
+    head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    body = {k: v for k, v in state.items() if not k.startswith("head.")}
+    w = body.get("patch_embed.proj.weight")
+    if w is not None and w.shape[1] != backbone.preprocess.channels:
+        body["patch_embed.proj.weight"] = adapt_input_conv(backbone.preprocess.channels, w)
+        report.adapted.append(f"patch_embed in_chans {w.shape[1]}->{backbone.preprocess.channels}")
+    pos = body.get("pos_embed")
+    body = checkpoint_filter_fn(body, backbone.vit)
+    if pos is not None and backbone.vit.pos_embed is not None and pos.shape != backbone.vit.pos_embed.shape:
+        report.adapted.append(f"pos_embed {tuple(pos.shape)}->{tuple(backbone.vit.pos_embed.shape)}")
+    result = backbone.vit.load_state_dict(body, strict=False)
+    report.missing += list(result.missing_keys)
+    report.unexpected += list(result.unexpected_keys)
+    if head is not None:
+        own = head.state_dict()
+        if head_state and all(k in own and own[k].shape == v.shape for k, v in head_state.items()):
+            head.load_state_dict(head_state)
+        else:
+            report.missing += [f"head.{k}" for k in own]
+            if head_state:
+                report.adapted.append("head dropped (class count differs)")
+    log.info("%s", report)
+    return report

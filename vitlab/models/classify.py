@@ -1,0 +1,95 @@
+"""Image classification: ViTBackbone + a linear head, and the registered vitlab variants."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.models.backbone import ViTBackbone, load_weights
+from vitlab.preprocess import PreprocessCfg
+from vitlab.registry import ModelSpec, register_model, resolve
+
+FMNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
+_GREY = PreprocessCfg(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), interpolation="area")
+
+
+class ViTClassifier(nn.Module):
+    """``forward(images)`` -> logits ``[N, num_classes]``; images are 0..255 pixels ``[N, C, H, W]``."""
+
+    def __init__(self, backbone: ViTBackbone, num_classes: int, head_drop: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head_drop = nn.Dropout(head_drop)
+        self.head = nn.Linear(backbone.out_channels, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    @property
+    def preprocess(self) -> PreprocessCfg:
+        return self.backbone.preprocess
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone(images)["pooled"]  # [N, D]
+        return self.head(self.head_drop(pooled))  # [N, C]
+
+
+def create_backbone(name: str, pretrained: bool | str | os.PathLike | None = None, **options: Any) -> ViTBackbone:
+    """A ViTBackbone by name. ``pretrained``: True (timm hub), or a local .safetensors/.pth/.ckpt file."""
+    spec = resolve(name, options)
+    backbone = ViTBackbone(spec.arch, spec.preprocess, pretrained=pretrained is True, **spec.kwargs)
+    if pretrained not in (None, False, True):
+        load_weights(backbone, None, pretrained)
+    return backbone
+
+
+def create_model(name: str, num_classes: int = 1000, pretrained: bool | str | os.PathLike | None = None,
+                 labels: tuple[str, ...] | list[str] | None = None, **options: Any) -> ViTClassifier:
+    """A ViT classifier by name (vitlab variant or timm ViT-family arch) with ``num_classes`` outputs.
+
+    ``options``: img_size, patch_size, in_chans, drop_path_rate, dynamic_img_size, ... (see registry).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    spec = resolve(name, options)
+    pre = spec.preprocess
+    if labels:
+        if len(labels) != num_classes:
+            raise ValueError(f"{len(labels)} labels given for num_classes={num_classes}")
+        pre = pre.replace(labels=tuple(labels))
+    backbone = ViTBackbone(spec.arch, pre, pretrained=pretrained is True, **spec.kwargs)
+    model = ViTClassifier(backbone, num_classes)
+    if pretrained not in (None, False, True):
+        load_weights(model.backbone, model.head, pretrained)
+    return model
+
+
+@register_model
+def vitlab_tiny() -> ModelSpec:
+    """Two blocks, width 32: for tests and smoke runs only."""
+    return ModelSpec("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                                  global_pool="avg", class_token=False),
+                     PreprocessCfg(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3))
+
+
+@register_model
+def vitlab_fmnist() -> ModelSpec:
+    """28x28 grayscale, patch 7 (16 tokens), width 128, depth 4, mean-pooled: fast on CPU (the demo model)."""
+    return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4,
+                                                  num_heads=4, global_pool="avg", class_token=False),
+                     _GREY.replace(labels=FMNIST_LABELS))
+
+
+@register_model
+def vitlab_fmnist_s() -> ModelSpec:
+    """28x28 grayscale, patch 4 (49 tokens), width 128, depth 6: the 'best on this machine' model."""
+    return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=6,
+                                                  num_heads=4, global_pool="avg", class_token=False),
+                     _GREY.replace(labels=FMNIST_LABELS))

@@ -1,0 +1,116 @@
+"""PreprocessCfg: the one description of how pixels reach a model.
+
+It travels with the weights (checkpoint hyper-parameters, ONNX metadata) the way timm's pretrained cfg and
+torchvision's ``Weights.transforms`` do. Augment pipelines, the Predictor and exported models all read it.
+Normalisation itself runs inside the model, so callers only feed resized uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vitlab.errors import VitlabError
+
+RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+TASKS = ("classification", "detection", "generation")
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """Input size ``(C, H, W)``, mean/std on the 0..1 scale, and how an arbitrary image becomes ``H x W``.
+
+    ``resize``: ``squash`` (ignore aspect ratio), ``center_crop`` (shorter side to size/crop_pct, then crop),
+    ``letterbox`` (fit inside, pad with zeros).
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    resize: str = "squash"
+    crop_pct: float = 1.0
+    labels: tuple[str, ...] = field(default_factory=tuple)
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        c = self.input_size[0]
+        if len(self.input_size) != 3 or c not in (1, 3):
+            raise VitlabError(f"preprocess.input_size must be (C, H, W) with C in (1, 3), got {self.input_size}")
+        if len(self.mean) != c or len(self.std) != c:
+            raise VitlabError(f"preprocess.mean/std need {c} values for {c}-channel input")
+        if self.resize not in RESIZE_POLICIES:
+            raise VitlabError(f"preprocess.resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VitlabError(f"preprocess.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.task not in TASKS:
+            raise VitlabError(f"preprocess.task must be one of {TASKS}, got {self.task!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise VitlabError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    @property
+    def channels(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input_size[1], self.input_size[2]
+
+    def replace(self, **changes: Any) -> PreprocessCfg:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessCfg:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise VitlabError(f"unknown preprocess keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def resize_image(self, image: np.ndarray) -> np.ndarray:
+        """HWC uint8 of any size -> ``H x W`` by the resize policy (same channel count)."""
+        import cv2
+
+        interp = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+                  "area": cv2.INTER_AREA}[self.interpolation]
+        h, w = self.image_size
+        ih, iw = image.shape[:2]
+        if self.resize == "squash":
+            out = cv2.resize(image, (w, h), interpolation=interp)
+        elif self.resize == "center_crop":  # cover (h, w) / crop_pct, then cut the centre
+            scale = max(h / self.crop_pct / ih, w / self.crop_pct / iw)
+            rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
+            out = cv2.resize(image, (rw, rh), interpolation=interp)
+            top, left = (rh - h) // 2, (rw - w) // 2
+            out = out[top:top + h, left:left + w]
+        else:  # letterbox: fit inside, pad the rest with zeros, content centred
+            scale = min(h / ih, w / iw)
+            rh, rw = min(h, max(1, round(ih * scale))), min(w, max(1, round(iw * scale)))
+            small = cv2.resize(image, (rw, rh), interpolation=interp).reshape(rh, rw, -1)
+            out = np.zeros((h, w, small.shape[2]), np.uint8)
+            top, left = (h - rh) // 2, (w - rw) // 2
+            out[top:top + rh, left:left + rw] = small
+        return np.ascontiguousarray(out.reshape(h, w, -1))
+
+    def to_model_layout(self, image: np.ndarray) -> np.ndarray:
+        """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        have, want = image.shape[2], self.channels
+        if have != want:
+            if want == 1:  # ITU-R 601 luma, as PIL's convert("L")
+                image = (image[:, :, :3] @ np.array([0.299, 0.587, 0.114]))[:, :, None].round().astype(np.uint8)
+            else:
+                image = np.repeat(image[:, :, :1], 3, axis=2)
+        return np.ascontiguousarray(image.transpose(2, 0, 1))

@@ -1,0 +1,37 @@
+"""LightningModules: one per task. They own training; inference lives in ``forward``."""
+
+from __future__ import annotations
+
+import os
+
+from vitlab.errors import VitlabError
+from vitlab.tasks.classification import ClassificationTask
+
+TASKS = {"ClassificationTask": ClassificationTask}
+
+
+def load_task(path: str | os.PathLike, map_location: str = "cpu"):
+    """Rebuild a task from its checkpoint alone (hyper-parameters + weights), with ``weights_only=True``."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise VitlabError(f"checkpoint {path} does not exist") from None
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VitlabError(f"refusing to load {path}: not a plain vitlab checkpoint ({first[:200]})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "state_dict" not in ckpt:
+        raise VitlabError(f"{path} is not a Lightning checkpoint with hyper-parameters")
+    cls = TASKS.get(ckpt.get("vitlab_task", "ClassificationTask"))
+    if cls is None:
+        raise VitlabError(f"{path}: unknown task {ckpt.get('vitlab_task')!r}")
+    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
+    hp.pop("pretrained", None)  # the checkpoint's own weights replace any starting point
+    task = cls(**hp)
+    task.load_state_dict(ckpt["state_dict"])
+    return task.eval()
+
+
+__all__ = ["ClassificationTask", "load_task"]
