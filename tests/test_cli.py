@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -96,3 +95,14 @@ def test_ddp_two_cpu_processes(tmp_path):
          "--trainer.devices=2", "--trainer.max_epochs=1"], REPO)
     ck = _ckpt(root / "checkpoints" / "last.ckpt")
     assert ck["global_step"] == 3  # 384 train images / (2 ranks x 64)
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    res = run(["demo", "--out", str(tmp_path / "demo"), "--limit", "512", "--max-epochs", "1", "--minutes", "2"], REPO)
+    assert "== vitlab demo ==" in res.stdout and "test accuracy" in res.stdout
+    import json
+
+    summary = json.loads((tmp_path / "demo" / "demo_metrics.json").read_text())
+    assert summary["epochs"] == 1 and 0.0 <= summary["test/acc"] <= 1.0
+    assert (tmp_path / "demo" / "checkpoints" / "last.ckpt").exists()

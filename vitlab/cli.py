@@ -49,13 +49,23 @@ class VitlabCLI(LightningCLI):
             logs = Path(root) / "logs"
             taken = [int(p.name[8:]) for p in logs.glob("version_*") if p.name[8:].isdigit()] if logs.is_dir() else []
             args = Namespace(save_dir=root, name="logs", version=max(taken, default=-1) + 1)
-            cfg.trainer.logger = [Namespace(class_path=f"lightning.pytorch.loggers.{name}", init_args=args.clone())
-                                  for name in ("CSVLogger", "TensorBoardLogger")]
+            cfg.trainer.logger = [Namespace(class_path=cls, init_args=args.clone()) for cls in
+                                  ("vitlab.loggers.AtomicCSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")]
 
 
 def run_cli(args: list[str] | None = None) -> VitlabCLI:
     """Run a Lightning subcommand; ``args=None`` reads ``sys.argv`` (as DDP's re-launched ranks do)."""
     return VitlabCLI(args=args)
+
+
+def _vitlab_error(e: BaseException | None) -> VitlabError | None:
+    """The VitlabError behind ``e`` (jsonargparse wraps errors raised while it instantiates classes)."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, VitlabError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             demo_main(args[1:])
         else:
             run_cli(argv)
-    except VitlabError as e:
-        print(f"vitlab: error: {e}", file=sys.stderr)
+    except Exception as e:
+        err = _vitlab_error(e)
+        if err is None:
+            raise
+        print(f"vitlab: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -43,11 +43,12 @@ def main(argv: list[str]) -> dict:
     atomic_write_json(Path(args.out) / "demo_metrics.json", summary)
     print("\n== vitlab demo ==")
     print(f"trained {summary['epochs']} epochs / {summary['steps']} steps in {train_s / 60:.1f} min")
-    print(f"test accuracy {metrics.get('test/acc', float('nan')):.2%}  macro-F1 {metrics.get('test/f1', float('nan')):.4f}"
-          f"  top-5 {metrics.get('test/top5', float('nan')):.2%}  (official 10k test set)")
+    nan = float("nan")
+    print(f"test accuracy {metrics.get('test/acc', nan):.2%}  macro-F1 {metrics.get('test/f1', nan):.4f}"
+          f"  top-5 {metrics.get('test/top5', nan):.2%}  (official Fashion-MNIST test set)")
     for name, path in [("checkpoint", ckpt), ("metrics", Path(args.out) / "demo_metrics.json"),
-                       ("confusion matrix", log_dir / "confusion_matrix.png"), ("per-class table", log_dir / "per_class.csv"),
-                       ("logs (CSV + TensorBoard)", log_dir)]:
+                       ("confusion matrix", log_dir / "confusion_matrix.png"),
+                       ("per-class table", log_dir / "per_class.csv"), ("logs (CSV + TensorBoard)", log_dir)]:
         print(f"{name:>26}: {path}")
     print(json.dumps(summary))
     return summary

@@ -92,7 +92,8 @@ def resolve(name: str, options: dict[str, Any] | None = None) -> ModelSpec:
     options = dict(options or {})
     unknown = sorted(set(options) - set(BACKBONE_OPTIONS))
     if unknown:
-        raise VitlabError(f"model option {unknown[0]!r} is not supported; supported options: {', '.join(BACKBONE_OPTIONS)}")
+        raise VitlabError(f"model option {unknown[0]!r} is not supported; "
+                          f"supported options: {', '.join(BACKBONE_OPTIONS)}")
     _ensure_variants()
     if name in _MODELS:
         spec = _MODELS[name]()

@@ -17,8 +17,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score,
-                                         MulticlassPrecision, MulticlassRecall)
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from vitlab.errors import VitlabError
 from vitlab.models.classify import create_model
@@ -154,13 +159,13 @@ class ClassificationTask(L.LightningModule):
         head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
         return [*groups, {"params": head, "weight_decay": wd}]
 
-    def configure_optimizers(self):
+    def build_optimizer(self, total_steps: int, steps_per_epoch: float):
+        """AdamW over the (layer-decayed) parameter groups + per-step warmup-cosine LambdaLR."""
         h = self.hparams
         opt = torch.optim.AdamW(self._param_groups(), lr=h.lr, betas=tuple(h.betas))
         for g in opt.param_groups:  # timm's layer-decay groups carry their own multiplier
             g["lr"] = h.lr * g.get("lr_scale", 1.0)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1) if self.trainer.max_epochs else total
+        total = max(1, total_steps)
         warmup = min(int(h.warmup_epochs * steps_per_epoch), total - 1)
 
         def factor(step: int) -> float:
@@ -169,5 +174,10 @@ class ClassificationTask(L.LightningModule):
             t = min(1.0, (step - warmup) / max(1, total - warmup))
             return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def configure_optimizers(self):
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        opt, sched = self.build_optimizer(total, total / epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
