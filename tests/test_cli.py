@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import vitlab
 from tests.conftest import REPO, VITLAB, needs_fmnist
 
 CFG = str(REPO / "configs" / "_test" / "tiny_fmnist.yaml")
@@ -28,12 +29,17 @@ def _ckpt(path):
 
 def test_fit_then_test_then_validate(tmp_path):
     root = tmp_path / "run"
-    run(["fit", "--config", CFG, f"--trainer.default_root_dir={root}"], REPO)
+    # "best" by the highest val loss: epoch 0 stays best, yet last.ckpt must still be the final epoch
+    run(["fit", "--config", CFG, f"--trainer.default_root_dir={root}", "--checkpoint.monitor=val/loss",
+         "--checkpoint.mode=max"], REPO)
     last = root / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best-00.ckpt", "last.ckpt"]
     ck = _ckpt(last)
     assert ck["hyper_parameters"]["num_classes"] == 10  # linked from data.num_classes
     assert ck["hyper_parameters"]["class_names"][0] == "T-shirt/top"
     assert ck["global_step"] == 12 and ck["epoch"] == 1  # 2 epochs x 6 batches (384 train images / 64)
+    task = vitlab.load(last)  # the CLI's checkpoint rebuilds its task alone
+    assert task.preprocess.labels[0] == "T-shirt/top" and task.hparams.lr == 3e-3
     assert (root / "logs" / "version_0" / "metrics.csv").exists()
     assert list((root / "logs" / "version_0").glob("events.out.tfevents.*"))  # TensorBoard beside CSV
     res = run(["test", "--config", CFG, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"], REPO)

@@ -48,6 +48,7 @@ def test_duplicate_registration_raises():
 @pytest.mark.parametrize("name,opts,shape", [
     ("vitlab_tiny", {}, (2, 3, 32, 32)),
     ("vitlab_fmnist", {}, (2, 1, 28, 28)),
+    ("vitlab_fmnist_s", {}, (2, 1, 28, 28)),
     ("vitlab_tiny", {"img_size": 48, "patch_size": 12, "in_chans": 1}, (2, 1, 48, 48)),
     ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2, "reg_tokens": 2}, (2, 3, 64, 64)),
     ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, (2, 3, 32, 32)),

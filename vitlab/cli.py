@@ -21,7 +21,11 @@ REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 class VitlabCLI(LightningCLI):
     """LightningCLI with vitlab's links and defaults: a fixed checkpoint folder (so ``--ckpt_path last`` finds
-    the previous run), ``last.ckpt`` always saved, and CSV + TensorBoard logs under ``trainer.default_root_dir``."""
+    the previous run), ``best-EE.ckpt`` by ``val/acc`` (``checkpoint.*``), ``last.ckpt`` after every epoch
+    (``last_checkpoint.*``), and CSV + TensorBoard logs under ``trainer.default_root_dir``.
+
+    ``last.ckpt`` has a callback of its own because Lightning 2.6's ``save_last=True`` only refreshes it when a
+    top-k checkpoint is saved, so after an epoch that did not improve, "last" would be an older epoch."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_model", True)
@@ -34,15 +38,19 @@ class VitlabCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/acc", "checkpoint.mode": "max",
-                             "checkpoint.filename": "best-{epoch:02d}", "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max",
+                             "checkpoint.filename": "best-{epoch:02d}", "checkpoint.auto_insert_metric_name": False,
+                             "last_checkpoint.filename": "last", "last_checkpoint.save_top_k": 1,
+                             "last_checkpoint.enable_version_counter": False})
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root = cfg.trainer.default_root_dir or "runs/default"
         cfg.trainer.default_root_dir = root
-        if cfg.checkpoint.dirpath is None:
-            cfg.checkpoint.dirpath = os.path.join(root, "checkpoints")
+        for key in ("checkpoint", "last_checkpoint"):
+            if cfg[key].dirpath is None:
+                cfg[key].dirpath = os.path.join(root, "checkpoints")
         if cfg.trainer.logger in (None, True):
             from jsonargparse import Namespace
 
