@@ -109,7 +109,7 @@ def test_augment_yaml_validation(tmp_path):
 
 
 def test_shipped_pipelines_load_and_keep_size():
-    for name in ("fmnist_flip", "fmnist_strong"):
+    for name in ("fmnist_flip", "fmnist_shift"):
         t = make_sample_transform(GREY28, load_pipeline(f"configs/augment/{name}.yaml"))
         for _ in range(5):
             assert t(np.zeros((28, 28, 1), np.uint8)).shape == (1, 28, 28)

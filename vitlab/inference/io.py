@@ -41,7 +41,7 @@ def _to_8bit(img):
         else:  # float images: assume 0..1 when they fit, else min-max
             lo, hi = (0.0, 1.0) if a.min() >= 0 and a.max() <= 1 else (float(a.min()), float(a.max()) or 1.0)
             a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8 -> mode "L"
     return img
 
 

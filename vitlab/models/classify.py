@@ -89,7 +89,7 @@ def vitlab_fmnist() -> ModelSpec:
 
 @register_model
 def vitlab_fmnist_s() -> ModelSpec:
-    """28x28 grayscale, patch 4 (49 tokens), width 64, depth 6, MLP ratio 2: the 30-minute CPU model."""
-    return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=6,
+    """28x28 grayscale, patch 7 (16 tokens), width 128, depth 6, MLP ratio 2: the 30-minute CPU model."""
+    return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6,
                                                   num_heads=4, mlp_ratio=2.0, global_pool="avg", class_token=False),
                      _GREY.replace(labels=FMNIST_LABELS))

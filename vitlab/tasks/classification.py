@@ -69,7 +69,7 @@ class ClassificationTask(L.LightningModule):
 
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
                                label_smoothing=label_smoothing, num_classes=num_classes)
-        self.train_metrics = _metrics(num_classes, "train/")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = _metrics(num_classes, "val/")
         self.test_metrics = _metrics(num_classes, "test/")
         self.confusion = MulticlassConfusionMatrix(num_classes)
@@ -111,9 +111,9 @@ class ClassificationTask(L.LightningModule):
         else:
             logits = self(images)
             loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
-        self.train_metrics["acc"](logits, target)
+        self.train_acc(logits, target)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> None:
@@ -145,7 +145,7 @@ class ClassificationTask(L.LightningModule):
         log_dir = self.trainer.log_dir if self.trainer.log_dir else self.trainer.default_root_dir
         if self.trainer.is_global_zero:
             names = list(self.preprocess.labels) or [str(i) for i in range(self.hparams.num_classes)]
-            self.test_report_paths = write_classification_report(cm, names, Path(log_dir))
+            write_classification_report(cm, names, Path(log_dir))
 
     # --- optimisation ----------------------------------------------------------------------------------
     def _param_groups(self) -> list[dict[str, Any]]:

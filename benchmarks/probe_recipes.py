@@ -1,0 +1,80 @@
+"""Recipe probes behind configs/classify/fmnist_demo.yaml: a bare loop on the full Fashion-MNIST train set,
+test accuracy after every epoch, one JSON line per epoch. Each probe takes minutes; run two side by side with
+``--threads 1`` to compare recipes under the same load.
+
+    python benchmarks/probe_recipes.py --epochs 6 --embed-dim 96 --no-flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import vitlab  # noqa: E402
+from vitlab.data.datasets import fashion_mnist_arrays  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--warmup-epochs", type=float, default=0.3)
+    ap.add_argument("--patch-size", type=int, default=7)
+    ap.add_argument("--embed-dim", type=int, default=96)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--mlp-ratio", type=float, default=2.0)
+    ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    xtr, ytr = (torch.from_numpy(a) for a in fashion_mnist_arrays("train"))
+    xte, yte = (torch.from_numpy(a) for a in fashion_mnist_arrays("test"))
+    xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)  # [N, 1, 28, 28] uint8
+    model = vitlab.create_model("vitlab_fmnist", num_classes=10, patch_size=args.patch_size, embed_dim=args.embed_dim,
+                                depth=args.depth, mlp_ratio=args.mlp_ratio)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],
+                            lr=args.lr)
+    per_epoch = len(ytr) // args.batch
+    total, warm = args.epochs * per_epoch, int(args.warmup_epochs * per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(ytr))
+        for i in range(per_epoch):
+            idx = perm[i * args.batch:(i + 1) * args.batch]
+            x = xtr[idx].float()
+            if not args.no_flip:
+                flip = torch.rand(len(idx)) < 0.5
+                x[flip] = x[flip].flip(-1)
+            loss = F.cross_entropy(model(x), ytr[idx], label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(xte[i:i + 1000]).argmax(1) for i in range(0, len(yte), 1000)])
+        correct = int((pred == yte).sum())
+        print(json.dumps({**vars(args), "epoch": epoch + 1, "seconds": round(time.perf_counter() - t0),
+                          "test_acc": round(100 * correct / len(yte), 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
