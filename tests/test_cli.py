@@ -68,6 +68,21 @@ def test_wrong_option_and_missing_data_dir(tmp_path):
     assert res.returncode != 0 and "nope does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_ckpt_with_pickle_payload_is_refused_not_run(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": {}, "hyper_parameters": {"x": Payload()}}))
+    res = run(["test", "--config", CFG, f"--ckpt_path={evil}"], REPO, check=False)
+    assert res.returncode == 2 and "vitlab: error: refusing to load" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     common = ["--config", CFG, "--trainer.max_epochs=6", "--data.init_args.limit=2048"]

@@ -66,12 +66,18 @@ def run_cli(args: list[str] | None = None) -> VitlabCLI:
     return VitlabCLI(args=args)
 
 
-def _vitlab_error(e: BaseException | None) -> VitlabError | None:
-    """The VitlabError behind ``e`` (jsonargparse wraps errors raised while it instantiates classes)."""
+def _vitlab_error(e: BaseException | None) -> Exception | None:
+    """The user error behind ``e``: a VitlabError (jsonargparse wraps those raised while it instantiates
+    classes), or a checkpoint that ``torch.load(weights_only=True)`` refused to unpickle."""
+    import pickle
+
     seen = 0
     while e is not None and seen < 20:
         if isinstance(e, VitlabError):
             return e
+        if isinstance(e, pickle.UnpicklingError):
+            first = (str(e).strip().splitlines() or ["unpickling refused"])[0]
+            return VitlabError(f"refusing to load a checkpoint that is not plain tensors and data ({first[:160]})")
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None
 
