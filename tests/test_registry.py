@@ -52,6 +52,7 @@ def test_duplicate_registration_raises():
     ("vitlab_tiny", {"img_size": 48, "patch_size": 12, "in_chans": 1}, (2, 1, 48, 48)),
     ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2, "reg_tokens": 2}, (2, 3, 64, 64)),
     ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, (2, 3, 32, 32)),
+    ("vit_tiny_patch16_224.augreg_in21k", {"img_size": 32, "depth": 1}, (2, 3, 32, 32)),
 ])
 def test_create_model_forward_and_preprocess_follow_options(name, opts, shape):
     model = vitlab.create_model(name, num_classes=7, **opts).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ def register_model(fn: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
     return fn
 
 
+@functools.cache
 def _timm_vit_names() -> list[str]:
     import timm
 
@@ -100,7 +102,7 @@ def resolve(name: str, options: dict[str, Any] | None = None) -> ModelSpec:
         kwargs = {**spec.kwargs, **options}
         return ModelSpec(spec.arch, kwargs, _with_geometry(spec.preprocess, kwargs))
     timm_names = _timm_vit_names()
-    if name in timm_names:
+    if name.split(".")[0] in timm_names:  # plain arch or arch.pretrained_tag (timm's naming)
         return ModelSpec(name, options, _timm_preprocess(name, options))
     import timm
 
