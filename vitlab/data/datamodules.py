@@ -1,0 +1,196 @@
+"""LightningDataModules for classification. Each exposes ``num_classes`` and ``class_names`` at construction
+(the CLI links them into the model) and builds its transforms from the model's PreprocessCfg at ``setup``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vitlab.data.datasets import ArrayDataset, FileListDataset, fashion_mnist_arrays, read_csv_list, scan_image_folder
+from vitlab.data.transforms import load_pipeline, make_sample_transform
+from vitlab.errors import VitlabError
+from vitlab.models.classify import FMNIST_LABELS
+from vitlab.preprocess import PreprocessCfg
+
+log = logging.getLogger(__name__)
+
+
+class TransformedDataset(Dataset):
+    """Applies a per-sample transform; ``None`` samples (unreadable files) pass through for collate to drop."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        item = self.base[i]
+        if item is None:
+            return None
+        image, label = item
+        return self.transform(image), label
+
+
+def collate(samples: list) -> dict[str, Any]:
+    """-> ``{"image": uint8 [N, C, H, W], "target": int64 [N], "skipped": number of unreadable samples}``."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return {"image": torch.empty(0, dtype=torch.uint8), "target": torch.empty(0, dtype=torch.long),
+                "skipped": len(samples)}
+    images = torch.from_numpy(np.stack([s[0] for s in good]))
+    return {"image": images, "target": torch.tensor([s[1] for s in good]), "skipped": len(samples) - len(good)}
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Shared loader logic: deterministic train/val split, augment pipeline, workers. Subclasses provide data."""
+
+    def __init__(self, class_names: Sequence[str], batch_size: int = 128, eval_batch_size: int | None = None,
+                 num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
+                 train_augment: str | os.PathLike | None = None, preprocess: PreprocessCfg | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise VitlabError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise VitlabError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.class_names = list(class_names)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
+        self.augment = load_pipeline(train_augment) if train_augment else None  # validated now, at config time
+        self.preprocess = preprocess
+        self._sets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # --- what subclasses provide ------------------------------------------------------------------
+    def train_pool(self) -> Dataset:
+        """Samples for training; ``val_fraction`` of them are held out for validation unless ``val_set`` exists."""
+        raise NotImplementedError
+
+    def val_set(self) -> Dataset | None:
+        return None
+
+    def test_set(self) -> Dataset | None:
+        return None
+
+    # --- Lightning hooks --------------------------------------------------------------------------
+    def _resolve_preprocess(self) -> PreprocessCfg:
+        if self.preprocess is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            self.preprocess = getattr(module, "preprocess", None)
+        if self.preprocess is None:
+            raise VitlabError("the datamodule needs a PreprocessCfg: attach it to a Trainer with a vitlab task, "
+                              "or pass preprocess=model.preprocess")
+        return self.preprocess
+
+    def setup(self, stage: str) -> None:
+        pre = self._resolve_preprocess()
+        plain = make_sample_transform(pre)
+        if stage in ("fit", "validate"):
+            pool, val = self.train_pool(), self.val_set()
+            if val is None:
+                order = np.random.default_rng(self.seed).permutation(len(pool))  # type: ignore[arg-type]
+                n_val = int(round(len(order) * self.val_fraction))
+                val, pool = Subset(pool, order[:n_val].tolist()), Subset(pool, np.sort(order[n_val:]).tolist())
+            self._sets["train"] = TransformedDataset(pool, make_sample_transform(pre, self.augment))
+            self._sets["val"] = TransformedDataset(val, plain)
+        if stage in ("test", "predict"):
+            test = self.test_set()
+            if test is None:
+                raise VitlabError(f"{type(self).__name__} has no test split configured")
+            self._sets["test"] = TransformedDataset(test, plain)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self._sets[split]
+        return DataLoader(ds, batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate,
+                          persistent_workers=self.num_workers > 0, drop_last=split == "train" and len(ds) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class FashionMNISTDataModule(ClassificationDataModule):
+    """Fashion-MNIST (Xiao et al., 2017): 60k train (val split from it) + the official 10k test set.
+
+    ``limit`` keeps the first N images of each split (tests, smoke runs).
+    """
+
+    def __init__(self, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(class_names=FMNIST_LABELS, **kwargs)
+        self.data_dir, self.download, self.limit = data_dir, download, limit
+        fashion_mnist_arrays("test", data_dir, download)  # fail at config time when the data is missing
+
+    def _split(self, split: str) -> ArrayDataset:
+        images, labels = fashion_mnist_arrays(split, self.data_dir, self.download)
+        n = self.limit or len(labels)
+        return ArrayDataset(images[:n], labels[:n])
+
+    def train_pool(self) -> Dataset:
+        return self._split("train")
+
+    def test_set(self) -> Dataset:
+        return self._split("test")
+
+
+class _FileListDataModule(ClassificationDataModule):
+    """Train/val/test as (files, labels, class names) triples read at construction."""
+
+    def __init__(self, train, val, test, on_bad_image: str, **kwargs: Any) -> None:
+        super().__init__(class_names=train[2], **kwargs)
+        for name, split in (("val", val), ("test", test)):
+            if split is not None and split[2] != self.class_names:
+                raise VitlabError(f"{name} classes {split[2]} differ from the training classes {self.class_names}")
+        self._lists = {"train": train, "val": val, "test": test}
+        self.on_bad_image = on_bad_image
+
+    def _files(self, split: str) -> FileListDataset | None:
+        lst = self._lists[split]
+        return FileListDataset(lst[0], lst[1], self.on_bad_image) if lst else None
+
+    def train_pool(self) -> Dataset:
+        return self._files("train")
+
+    def val_set(self) -> Dataset | None:
+        return self._files("val")
+
+    def test_set(self) -> Dataset | None:
+        return self._files("test")
+
+
+class ImageFolderDataModule(_FileListDataModule):
+    """``train_dir/<class>/<image>`` (torchvision layout); optional separate ``val_dir`` / ``test_dir``."""
+
+    def __init__(self, train_dir: str, val_dir: str | None = None, test_dir: str | None = None,
+                 on_bad_image: str = "skip", **kwargs: Any) -> None:
+        scan = [scan_image_folder(d) if d else None for d in (train_dir, val_dir, test_dir)]
+        super().__init__(*scan, on_bad_image=on_bad_image, **kwargs)
+
+
+class CSVDataModule(_FileListDataModule):
+    """CSV lists with columns ``path,label`` (label = class name) for train, and optionally val / test."""
+
+    def __init__(self, train_csv: str, val_csv: str | None = None, test_csv: str | None = None,
+                 class_names: list[str] | None = None, on_bad_image: str = "skip", **kwargs: Any) -> None:
+        train = read_csv_list(train_csv, class_names)
+        rest = [read_csv_list(c, train[2]) if c else None for c in (val_csv, test_csv)]
+        super().__init__(train, *rest, on_bad_image=on_bad_image, **kwargs)

@@ -1,0 +1,164 @@
+"""Datasets that yield ``(HWC uint8 image, int label)``: built-in Fashion-MNIST (IDX), ImageFolder, CSV lists.
+
+Decoding goes through ``vitlab.inference.io``; a file that fails to decode yields ``None`` (the loader's
+collate drops it and counts it) or raises, per ``on_bad_image``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from vitlab._fs import atomic_write
+from vitlab.errors import VitlabError
+from vitlab.inference.io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image
+
+log = logging.getLogger(__name__)
+
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array; the header says dtype and shape."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise VitlabError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise VitlabError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(dims)):
+        raise VitlabError(f"{path} is truncated: header says {dims}, file holds {len(data) - offset} bytes")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+
+
+def _find_fmnist(data_dir: str | os.PathLike | None) -> Path | None:
+    candidates = [data_dir, os.environ.get("VITLAB_DATA"), DEBIAN_FMNIST]
+    for c in candidates:
+        if not c:
+            continue
+        for d in (Path(c), Path(c) / "fashion-mnist", Path(c) / "fashion_mnist"):
+            if all((d / f).exists() or (d / f"{f}.gz").exists() for f in FMNIST_FILES["train"] + FMNIST_FILES["test"]):
+                return d
+    return None
+
+
+def _download_fmnist(target: Path) -> Path:
+    for name in FMNIST_FILES["train"] + FMNIST_FILES["test"]:
+        dest = target / f"{name}.gz"
+        if not dest.exists():
+            log.warning("downloading %s%s.gz -> %s", FMNIST_URL, name, dest)
+            atomic_write(dest, lambda p, n=name: urllib.request.urlretrieve(f"{FMNIST_URL}{n}.gz", p))
+    return target
+
+
+def fashion_mnist_arrays(split: str, data_dir: str | os.PathLike | None = None,
+                         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 28, 28]`` uint8 and labels ``[N]`` of the official ``train`` (60k) or ``test`` (10k) split.
+
+    Looks in ``data_dir``, ``$VITLAB_DATA``, then Debian's ``/usr/share/datasets/fashion-mnist``; downloads
+    the canonical files into ``data_dir`` only when ``download=True``.
+    """
+    if split not in FMNIST_FILES:
+        raise VitlabError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+    root = _find_fmnist(data_dir)
+    if root is None:
+        if not download:
+            raise VitlabError(
+                f"Fashion-MNIST not found in data_dir={data_dir}, $VITLAB_DATA or {DEBIAN_FMNIST}: "
+                "install it with `apt-get install dataset-fashion-mnist`, or set download: true")
+        root = _download_fmnist(Path(data_dir or "data") / "fashion-mnist")
+    images, labels = (read_idx(root / f if (root / f).exists() else root / f"{f}.gz") for f in FMNIST_FILES[split])
+    if images.ndim != 3 or len(images) != len(labels):
+        raise VitlabError(f"Fashion-MNIST files in {root} disagree: {images.shape} images, {labels.shape} labels")
+    return images, labels.astype(np.int64)
+
+
+class ArrayDataset(Dataset):
+    """In-memory images ``[N, H, W(, C)]`` uint8 with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        img = self.images[i]
+        return (img[:, :, None] if img.ndim == 2 else img), int(self.labels[i])
+
+
+class FileListDataset(Dataset):
+    """Image files with labels; unreadable files yield ``None`` (skip) or raise (``on_bad_image='raise'``)."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], labels: Sequence[int], on_bad_image: str = "skip") -> None:
+        if on_bad_image not in ("skip", "raise"):
+            raise VitlabError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}")
+        self.files, self.labels, self.on_bad_image = [str(f) for f in files], list(labels), on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int] | None:
+        try:
+            return read_image(self.files[i]), self.labels[i]
+        except ImageReadError as e:
+            if self.on_bad_image == "raise":
+                raise VitlabError(f"bad image in dataset: {e} (set on_bad_image: skip to skip such files)") from None
+            log.warning("skipping unreadable image %s", e)
+            return None
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """torchvision-style ``root/<class>/<image>``: (files, labels, sorted class names); errors name the folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VitlabError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise VitlabError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    files, labels = [], []
+    for idx, c in enumerate(classes):
+        found = sorted(str(p) for p in (root / c).rglob("*") if p.is_file() and is_image_file(p))
+        if not found:
+            raise VitlabError(f"class folder {root / c} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        files += found
+        labels += [idx] * len(found)
+    return files, labels, classes
+
+
+def read_csv_list(path: str | os.PathLike, class_names: Sequence[str] | None = None
+                  ) -> tuple[list[str], list[int], list[str]]:
+    """A CSV with columns ``path,label`` (label = class name); relative paths resolve against the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitlabError(f"CSV list {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise VitlabError(f"CSV list {path} needs a header with columns 'path' and 'label'")
+        rows = [(r["path"], r["label"]) for r in reader]
+    if not rows:
+        raise VitlabError(f"CSV list {path} has no rows")
+    classes = list(class_names) if class_names else sorted({lbl for _, lbl in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({lbl for _, lbl in rows if lbl not in index})
+    if unknown:
+        raise VitlabError(f"CSV list {path}: labels {unknown[:5]} are not in class_names")
+    files = [str(p if Path(p).is_absolute() else path.parent / p) for p, _ in rows]
+    return files, [index[lbl] for _, lbl in rows], classes

@@ -1,0 +1,84 @@
+"""Albumentations pipelines declared in YAML (``configs/augment/*.yaml``), in Albumentations' own
+serialisation format (what ``A.to_dict`` / ``A.save(..., data_format="yaml")`` write), loaded with ``A.from_dict``.
+
+Pipelines work on HWC uint8; the PreprocessCfg resize brings their output to the model's size. Normalisation is
+not theirs to do (it runs inside the model, from PreprocessCfg), so ``Normalize`` / ``ToTensorV2`` are rejected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vitlab.errors import VitlabError
+from vitlab.preprocess import PreprocessCfg
+
+_FORBIDDEN = ("Normalize", "ToTensorV2", "ToFloat")
+
+
+def _names(t) -> list[str]:
+    children = getattr(t, "transforms", None) or []
+    return [type(t).__name__] + [n for c in children for n in _names(c)]
+
+
+def _without_p(node) -> str | None:
+    """The first non-Compose transform in a serialised spec that lacks ``p``."""
+    if not isinstance(node, dict):
+        return None
+    children = node.get("transforms")
+    if children is None and "p" not in node:
+        return str(node.get("__class_fullname__", "a transform"))
+    return next((m for c in children or [] if (m := _without_p(c))), None)
+
+
+def load_pipeline(path: str | os.PathLike):
+    """An ``A.Compose`` from a YAML file; errors name the file and what is wrong."""
+    import albumentations as A
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise VitlabError(f"augment pipeline {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise VitlabError(f"augment pipeline {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or "transform" not in spec:
+        raise VitlabError(f"augment pipeline {path}: expected a mapping with a 'transform' key (A.to_dict format)")
+    missing_p = _without_p(spec["transform"])
+    if missing_p:
+        raise VitlabError(f"augment pipeline {path}: {missing_p} has no 'p'; set it explicitly "
+                          "(Albumentations' from_dict would silently default it to 0.5)")
+    try:
+        pipeline = A.from_dict(spec)
+    except Exception as e:  # albumentations raises ValueError/KeyError/TypeError/pydantic errors for bad specs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitlabError(f"augment pipeline {path}: {type(e).__name__}: {msg}") from None
+    bad = [n for n in _names(pipeline) if n in _FORBIDDEN]
+    if bad:
+        raise VitlabError(f"augment pipeline {path}: remove {bad[0]} (normalisation runs inside the model)")
+    return pipeline
+
+
+def make_sample_transform(preprocess: PreprocessCfg, augment=None) -> Callable[[np.ndarray], np.ndarray]:
+    """HWC uint8 (any size, 1 or 3 channels) -> CHW uint8 at the model's size.
+
+    Channels are matched first, then the augment pipeline runs on the full image, then the PreprocessCfg
+    resize policy brings whatever size remains to the model's input size.
+    """
+    h, w = preprocess.image_size
+
+    def transform(image: np.ndarray) -> np.ndarray:
+        image = preprocess.to_model_layout(image).transpose(1, 2, 0)  # HWC with the model's channel count
+        if augment is not None:
+            image = augment(image=image)["image"]
+        if image.shape[:2] != (h, w):
+            image = preprocess.resize_image(image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+    return transform
