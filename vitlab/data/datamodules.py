@@ -111,9 +111,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self._sets[split]
-        return DataLoader(ds, batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate,
-                          persistent_workers=self.num_workers > 0, drop_last=split == "train" and len(ds) > self.batch_size)
+        train = split == "train"
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=collate, persistent_workers=self.num_workers > 0,
+                          drop_last=train and len(ds) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -44,7 +44,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
         raise VitlabError(f"{path} is truncated: header says {dims}, file holds {len(data) - offset} bytes")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims).copy()  # writable, owns its memory
 
 
 def _find_fmnist(data_dir: str | os.PathLike | None) -> Path | None:
