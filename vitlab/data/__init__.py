@@ -1,8 +1,8 @@
 from vitlab.data.datamodules import (
-                                     ClassificationDataModule,
-                                     CSVDataModule,
-                                     FashionMNISTDataModule,
-                                     ImageFolderDataModule,
+    ClassificationDataModule,
+    CSVDataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
 )
 
 __all__ = ["CSVDataModule", "ClassificationDataModule", "FashionMNISTDataModule", "ImageFolderDataModule"]
