@@ -13,7 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitlab.data.datasets import ArrayDataset, FileListDataset, fashion_mnist_arrays, read_csv_list, scan_image_folder
+from vitlab.data.datasets import (
+    ArrayDataset,
+    FileListDataset,
+    fashion_mnist_arrays,
+    fashion_mnist_root,
+    read_csv_list,
+    scan_image_folder,
+)
 from vitlab.data.transforms import load_pipeline, make_sample_transform
 from vitlab.errors import VitlabError
 from vitlab.models.classify import FMNIST_LABELS
@@ -139,7 +146,7 @@ class FashionMNISTDataModule(ClassificationDataModule):
                  **kwargs: Any) -> None:
         super().__init__(class_names=FMNIST_LABELS, **kwargs)
         self.data_dir, self.download, self.limit = data_dir, download, limit
-        fashion_mnist_arrays("test", data_dir, download)  # fail at config time when the data is missing
+        fashion_mnist_root(data_dir, download)  # fail at config time when the data is missing
 
     def _split(self, split: str) -> ArrayDataset:
         images, labels = fashion_mnist_arrays(split, self.data_dir, self.download)

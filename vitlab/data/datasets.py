@@ -67,22 +67,29 @@ def _download_fmnist(target: Path) -> Path:
     return target
 
 
-def fashion_mnist_arrays(split: str, data_dir: str | os.PathLike | None = None,
-                         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``[N, 28, 28]`` uint8 and labels ``[N]`` of the official ``train`` (60k) or ``test`` (10k) split.
+def fashion_mnist_root(data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files (plain or .gz), without reading them.
 
     Looks in ``data_dir``, ``$VITLAB_DATA``, then Debian's ``/usr/share/datasets/fashion-mnist``; downloads
     the canonical files into ``data_dir`` only when ``download=True``.
     """
+    root = _find_fmnist(data_dir)
+    if root is not None:
+        return root
+    if not download:
+        raise VitlabError(
+            f"Fashion-MNIST not found in data_dir={data_dir}, $VITLAB_DATA or {DEBIAN_FMNIST}: "
+            "install it with `apt-get install dataset-fashion-mnist`, or set download: true")
+    return _download_fmnist(Path(data_dir or "data") / "fashion-mnist")
+
+
+def fashion_mnist_arrays(split: str, data_dir: str | os.PathLike | None = None,
+                         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 28, 28]`` uint8 and labels ``[N]`` of the official ``train`` (60k) or ``test`` (10k) split,
+    from the folder ``fashion_mnist_root`` finds."""
     if split not in FMNIST_FILES:
         raise VitlabError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
-    root = _find_fmnist(data_dir)
-    if root is None:
-        if not download:
-            raise VitlabError(
-                f"Fashion-MNIST not found in data_dir={data_dir}, $VITLAB_DATA or {DEBIAN_FMNIST}: "
-                "install it with `apt-get install dataset-fashion-mnist`, or set download: true")
-        root = _download_fmnist(Path(data_dir or "data") / "fashion-mnist")
+    root = fashion_mnist_root(data_dir, download)
     images, labels = (read_idx(root / f if (root / f).exists() else root / f"{f}.gz") for f in FMNIST_FILES[split])
     if images.ndim != 3 or len(images) != len(labels):
         raise VitlabError(f"Fashion-MNIST files in {root} disagree: {images.shape} images, {labels.shape} labels")
