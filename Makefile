@@ -10,8 +10,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# the edge kit (./export, torch-free) first: vitlab builds on it
+$(VENV)/.installed: pyproject.toml export/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ./export -e '.[test]'
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when apt is at hand; otherwise vitlab offers the download.
@@ -33,6 +34,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed data
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_onnx.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -44,3 +44,34 @@ def image_folder(tmp_path, fmnist_test):
         for k, i in enumerate(np.flatnonzero(labels == c)[:8]):
             Image.fromarray(images[i]).save(root / f"class_{c}" / f"{k}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory, fmnist_test):
+    """A small ViT (the demo model cut to 2 blocks) trained for 2 epochs on 8,192 real Fashion-MNIST images and
+    saved as a Lightning checkpoint: predictions that mean something, for export and inference tests."""
+    import lightning as L
+
+    from vitlab.data import FashionMNISTDataModule
+    from vitlab.models.classify import FMNIST_LABELS
+    from vitlab.tasks import ClassificationTask
+
+    L.seed_everything(0, verbose=False)
+    task = ClassificationTask("vitlab_fmnist", 10, list(FMNIST_LABELS), {"depth": 2}, lr=2e-3, warmup_epochs=0.2)
+    data = FashionMNISTDataModule(limit=8192, batch_size=128, val_fraction=0.0)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    path = tmp_path_factory.mktemp("trained") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported(trained_ckpt, tmp_path_factory):
+    """fp32 and int8 exports of ``trained_ckpt`` (report on 1,000 real test images)."""
+    from vitlab.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx")
+    results = export_onnx(trained_ckpt, out, ["fp32", "int8"], num_eval=1000)
+    return {p: r.path for p, r in results.items()}

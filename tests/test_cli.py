@@ -127,3 +127,6 @@ def test_demo_smoke(tmp_path):
     summary = json.loads((tmp_path / "demo" / "demo_metrics.json").read_text())
     assert summary["epochs"] == 1 and 0.0 <= summary["test/acc"] <= 1.0
     assert (tmp_path / "demo" / "checkpoints" / "last.ckpt").exists()
+    assert summary["export"]["fp32"]["status"] == "ok" and summary["export"]["fp32"]["eval_images"] == 512
+    assert (tmp_path / "demo" / "export" / "model.onnx").exists() and "ONNX int8" in res.stdout
+    assert summary["predict"]["images"] == 48 and len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 6

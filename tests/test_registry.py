@@ -8,7 +8,7 @@ from vitlab.registry import BACKBONE_OPTIONS, ModelSpec, register_model
 
 def test_list_models_has_variants_and_timm_vits():
     names = vitlab.list_models()
-    assert {"vitlab_tiny", "vitlab_fmnist", "vitlab_fmnist_s"} <= set(names)
+    assert {"vitlab_tiny", "vitlab_fmnist", "vitlab_fmnist_s", "vitlab_fmnist_cs"} <= set(names)
     assert "vit_small_patch16_224" in names and "deit_tiny_patch16_224" in names
     assert all(n.startswith("vit_small") for n in vitlab.list_models("vit_small*"))
     assert "resnet50" not in names
@@ -49,6 +49,7 @@ def test_duplicate_registration_raises():
     ("vitlab_tiny", {}, (2, 3, 32, 32)),
     ("vitlab_fmnist", {}, (2, 1, 28, 28)),
     ("vitlab_fmnist_s", {}, (2, 1, 28, 28)),
+    ("vitlab_fmnist_cs", {}, (2, 1, 28, 28)),
     ("vitlab_tiny", {"img_size": 48, "patch_size": 12, "in_chans": 1}, (2, 1, 48, 48)),
     ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2, "reg_tokens": 2}, (2, 3, 64, 64)),
     ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, (2, 3, 32, 32)),
@@ -75,3 +76,13 @@ def test_drop_path_rate_reaches_timm_blocks():
 def test_labels_must_match_num_classes():
     with pytest.raises(ValueError, match="2 labels"):
         vitlab.create_model("vitlab_tiny", num_classes=3, labels=["a", "b"])
+
+
+def test_conv_stem_replaces_patchify_and_keeps_the_contract():
+    model = vitlab.create_model("vitlab_fmnist_cs", num_classes=10).eval()
+    convs = [m for m in model.backbone.vit.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (2, 2), (1, 1)]  # 28 -> 14 -> 7 -> 4, then 1x1 to width
+    out = model.backbone(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    assert out["tokens"].shape == (2, 16, 128) and out["map"].shape == (2, 128, 4, 4)
+    with pytest.raises(VitlabError, match="implies"):
+        vitlab.create_model("vitlab_fmnist_cs", num_classes=10, patch_size=4)  # 7x7 grid: the stem makes 4x4

@@ -1,4 +1,4 @@
-"""``vitlab``: Lightning's CLI (fit / validate / test / predict) plus the ``demo`` command.
+"""``vitlab``: Lightning's CLI (fit / validate / test / predict) plus the ``export`` and ``demo`` commands.
 
 ``vitlab fit --config configs/classify/fmnist_demo.yaml`` — configs are LightningCLI YAML: ``model`` and
 ``data`` take ``class_path`` + ``init_args``; ``trainer.*`` is Lightning's Trainer (strategy, devices, num_nodes
@@ -82,6 +82,119 @@ def _vitlab_error(e: BaseException | None) -> Exception | None:
     return None
 
 
+def export_command(argv: list[str]) -> None:
+    """``vitlab export CKPT --out DIR [--precision fp32 int8] [--opset N] [--attention onnx|ort-mha] ...``"""
+    import argparse
+
+    from vitlab.onnx import export_onnx
+
+    ap = argparse.ArgumentParser(prog="vitlab export", description="Export a checkpoint to ONNX: uint8 images in, "
+                                 "probs and logits out, one fused attention node per block, metadata inside.")
+    ap.add_argument("checkpoint")
+    ap.add_argument("--out", required=True, help="output folder: model[.PRECISION].onnx and report.json")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
+    ap.add_argument("--opset", type=int, default=23)
+    ap.add_argument("--attention", default="onnx", choices=["onnx", "ort-mha"],
+                    help="onnx: standard Attention op; ort-mha: com.microsoft.MultiHeadAttention")
+    ap.add_argument("--eval-data", default=None, help="held-out images for the report: fashion-mnist or a folder")
+    ap.add_argument("--num-eval", type=int, default=10000)
+    ap.add_argument("--calib-data", default=None, help="training images for static int8 (default: dynamic int8)")
+    ap.add_argument("--num-calib", type=int, default=512)
+    ap.add_argument("--allow-degraded", action="store_true", help="keep variants that miss the accuracy budget")
+    a = ap.parse_args(argv)
+    results = export_onnx(a.checkpoint, a.out, a.precision, opset=a.opset, attention=a.attention,
+                          eval_data=a.eval_data, num_eval=a.num_eval, calib_data=a.calib_data,
+                          num_calib=a.num_calib, allow_degraded=a.allow_degraded)
+    for prec, r in results.items():
+        acc = r.report.get("accuracy_onnx_pct")
+        print(f"{prec:>5}: {r.path}  agreement {r.report['top1_agreement_pct']:.2f}%"
+              + (f"  accuracy {acc:.2f}% (torch {r.report['accuracy_torch_pct']:.2f}%)" if acc is not None else "")
+              + f"  {r.report['file_bytes'] / 1e6:.2f} MB  [{r.report['status']}]")
+    print(f"report: {Path(a.out) / 'report.json'}")
+
+
+def predict_command(argv: list[str]) -> None:
+    """``vitlab predict MODEL(.ckpt|.onnx) SOURCES... --out preds.jsonl|.csv [--resume] [--overlays DIR]``"""
+    import argparse
+
+    from tqdm import tqdm
+    from vitlab_edge.sources import expand_inputs
+
+    from vitlab.inference.writers import check_output, read_records, write_records
+
+    ap = argparse.ArgumentParser(prog="vitlab predict", description="Predict images with a checkpoint or an "
+                                 "exported ONNX model: one record per input, in input order. (With --config, "
+                                 "`vitlab predict` is Lightning's predict subcommand instead.)")
+    ap.add_argument("model", help="a vitlab .ckpt or an exported .onnx")
+    ap.add_argument("sources", nargs="+", help="image files, folders (recursive), globs, .txt lists of paths")
+    ap.add_argument("--out", required=True, help="output .jsonl or .csv (written atomically)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: spare cores, max 4)")
+    ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--device", default=None, help="torch device for checkpoints (default: cuda if available)")
+    ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+    ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label")
+    ap.add_argument("--explain", action="store_true", help="attention-rollout heatmaps in the overlays (.ckpt)")
+    ap.add_argument("--resume", action="store_true", help="skip inputs already answered in --out")
+    ap.add_argument("--devices", default="1", help="Lightning devices for multi-device prediction (.ckpt)")
+    ap.add_argument("--num-nodes", type=int, default=1)
+    ap.add_argument("--strategy", default="ddp")
+    ap.add_argument("--accelerator", default="auto")
+    a = ap.parse_args(argv)
+    out = check_output(a.out)
+    items = expand_inputs(a.sources)
+    if not items:
+        raise VitlabError(f"no inputs: {' '.join(a.sources)} matched no image files")
+    done = {r["source"]: r for r in read_records(out)} if a.resume and out.is_file() else {}
+    todo = [it for it in items if str(it) not in done]
+    if a.devices not in ("1", 1) or a.num_nodes > 1:
+        from vitlab.inference.distributed import predict_distributed
+        from vitlab.tasks import load_task
+
+        if Path(a.model).suffix == ".onnx":
+            raise VitlabError("multi-device prediction runs checkpoints; an .onnx model runs in one process")
+        devices = int(a.devices) if a.devices.isdigit() else a.devices
+        part = out.with_name(f".{out.stem}.new{out.suffix}")
+        if not predict_distributed(load_task(a.model).model, todo, part, devices, a.num_nodes, a.strategy,
+                                   a.accelerator, a.batch_size, a.workers, a.topk):
+            return  # not rank 0: rank 0 merges and writes
+        new = iter(read_records(part))
+        part.unlink()
+        backend = f"torch x {a.devices} devices x {a.num_nodes} nodes"
+    else:
+        from vitlab.inference import Predictor
+
+        predictor = Predictor.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None)
+        new = (p.to_dict() for p in predictor.stream(todo, a.batch_size, a.workers, a.topk, a.overlays, a.explain))
+        backend = predictor.backend.name
+    errors = 0
+
+    def merged():
+        nonlocal errors
+        for i, item in enumerate(tqdm(items, desc="predict", unit="img", disable=None)):
+            rec = {**(done[str(item)] if str(item) in done else next(new)), "index": i}
+            errors += rec.get("error") is not None
+            yield rec
+
+    n = write_records(merged(), out)
+    print(f"vitlab: {n} records ({errors} errors, {len(items) - len(todo)} from the earlier output) -> {out} "
+          f"[{backend}]")
+
+
+def _log_to_stderr() -> None:
+    """INFO lines from vitlab and the edge kit only (other libraries' INFO chatter stays off)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("vitlab: %(message)s"))
+    for name in ("vitlab", "vitlab_edge"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     args = sys.argv[1:] if argv is None else argv
@@ -90,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
             from vitlab.demo import main as demo_main
 
             demo_main(args[1:])
+        elif args and args[0] == "export":
+            _log_to_stderr()
+            export_command(args[1:])
+        elif args[:1] == ["predict"] and len(args) > 1 and not args[1].startswith("-"):
+            _log_to_stderr()
+            predict_command(args[1:])
         else:
             run_cli(argv)
     except Exception as e:

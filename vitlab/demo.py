@@ -1,5 +1,7 @@
 """``vitlab demo``: train the demo ViT on Fashion-MNIST within a time budget, test it on the official 10k test
-set, and print where the checkpoint, metrics, confusion matrix and logs went.
+set, export it to ONNX (fp32 and int8, each verified against torch on the test set), predict a folder of real
+photographs with both the checkpoint and the ONNX model (agreement, JSONL, attention overlays), and print where
+everything went.
 
 Training runs as ``vitlab fit`` in a child process (its DDP ranks re-launch that command, as with any
 Lightning script); testing runs here on one process, so every test image is counted exactly once.
@@ -55,6 +57,8 @@ def main(argv: list[str]) -> dict:
     log_dir = Path(test.trainer.log_dir)
     summary = {"train_seconds": round(train_s, 1), "wall_seconds_fit": round(wall, 1), "epochs": state["epoch"] + 1,
                "steps": state["global_step"], "checkpoint": str(ckpt), "log_dir": str(log_dir), **metrics}
+    summary["export"] = _export(ckpt, out / "export", args.limit or 10000)
+    summary["predict"] = _predict_photos(ckpt, out)
     atomic_write_json(out / "demo_metrics.json", summary)
     nan = float("nan")
     print("\n== vitlab demo ==")
@@ -66,5 +70,58 @@ def main(argv: list[str]) -> dict:
                        ("confusion matrix", log_dir / "confusion_matrix.png"),
                        ("per-class table", log_dir / "per_class.csv"), ("logs (CSV + TensorBoard)", log_dir)]:
         print(f"{name:>26}: {path}")
+    for prec, rep in summary["export"].items():
+        print(f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] accuracy "
+              f"{rep.get('accuracy_onnx_pct', nan):.2f}% (torch {rep.get('accuracy_torch_pct', nan):.2f}%), "
+              f"agreement {rep.get('top1_agreement_pct', nan):.2f}%, fused attention nodes "
+              f"{rep.get('fused_attention_nodes', '-')}")
+    print(f"{'export report':>26}: {out / 'export' / 'report.json'}")
+    p = summary["predict"]
+    if "error" in p:
+        print(f"{'batch prediction':>26}: skipped ({p['error']})")
+    else:
+        print(f"{'batch prediction':>26}: {p['images']} photos, checkpoint vs ONNX top-1 agreement "
+              f"{p['agreement_pct']:.1f}% -> {p['jsonl']}, attention overlays in {p['overlays']}")
     print(json.dumps(summary))
+    return summary
+
+
+def _predict_photos(ckpt: Path, out: Path, n: int = 48) -> dict:
+    """Predict real photographs (scikit-image's, cut and resized) with the checkpoint and the ONNX model."""
+    from vitlab.data.datasets import make_photo_folder
+    from vitlab.inference import Predictor
+    from vitlab.inference.writers import write_records
+
+    onnx_path = out / "export" / "model.onnx"
+    try:
+        photos = make_photo_folder(out / "photos", n=n)
+    except VitlabError as e:
+        return {"error": str(e)}
+    if not onnx_path.is_file():
+        return {"error": "no exported model"}
+    torch_preds = Predictor.load(ckpt).predict(photos, num_workers=0)
+    onnx_preds = Predictor.load(onnx_path).predict(photos, num_workers=0)
+    write_records((p.to_dict() for p in onnx_preds), out / "predictions.jsonl")
+    Predictor.load(ckpt).explain(photos[:6], out / "overlays", num_workers=0)
+    same = sum(a.class_id == b.class_id for a, b in zip(torch_preds, onnx_preds))
+    return {"images": len(photos), "agreement_pct": 100 * same / len(photos),
+            "jsonl": str(out / "predictions.jsonl"), "overlays": str(out / "overlays")}
+
+
+def _export(ckpt: Path, out: Path, num_eval: int) -> dict:
+    """Export fp32 + int8 with the accuracy gate; a rejected variant is reported, not fatal, for the demo."""
+    from vitlab.onnx import export_onnx
+    from vitlab.onnx.export import file_name
+
+    try:
+        export_onnx(ckpt, out, ["fp32", "int8"], num_eval=num_eval)
+    except VitlabError as e:
+        print(f"export: {e}")
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    summary = {}
+    for prec in ("fp32", "int8"):
+        rep = report.get(file_name(prec), {"status": "not exported"})
+        summary[prec] = {k: v for k, v in rep.items() if k != "node_counts"}
+        if (out / file_name(prec)).is_file() and rep.get("status") in ("ok", "degraded"):
+            summary[prec]["path"] = str(out / file_name(prec))
     return summary

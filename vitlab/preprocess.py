@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from vitlab_edge.imaging import INTERPOLATIONS, RESIZE_POLICIES, resize, to_layout
 
 from vitlab.errors import VitlabError
 
-RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
 TASKS = ("classification", "detection", "generation")
 
 
@@ -80,37 +79,8 @@ class PreprocessCfg:
 
     def resize_image(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 of any size -> ``H x W`` by the resize policy (same channel count)."""
-        import cv2
-
-        interp = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
-                  "area": cv2.INTER_AREA}[self.interpolation]
-        h, w = self.image_size
-        ih, iw = image.shape[:2]
-        if self.resize == "squash":
-            out = cv2.resize(image, (w, h), interpolation=interp)
-        elif self.resize == "center_crop":  # cover (h, w) / crop_pct, then cut the centre
-            scale = max(h / self.crop_pct / ih, w / self.crop_pct / iw)
-            rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
-            out = cv2.resize(image, (rw, rh), interpolation=interp)
-            top, left = (rh - h) // 2, (rw - w) // 2
-            out = out[top:top + h, left:left + w]
-        else:  # letterbox: fit inside, pad the rest with zeros, content centred
-            scale = min(h / ih, w / iw)
-            rh, rw = min(h, max(1, round(ih * scale))), min(w, max(1, round(iw * scale)))
-            small = cv2.resize(image, (rw, rh), interpolation=interp).reshape(rh, rw, -1)
-            out = np.zeros((h, w, small.shape[2]), np.uint8)
-            top, left = (h - rh) // 2, (w - rw) // 2
-            out[top:top + rh, left:left + rw] = small
-        return np.ascontiguousarray(out.reshape(h, w, -1))
+        return resize(image, self.image_size, self.resize, self.interpolation, self.crop_pct)
 
     def to_model_layout(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        have, want = image.shape[2], self.channels
-        if have != want:
-            if want == 1:  # ITU-R 601 luma, as PIL's convert("L")
-                image = (image[:, :, :3] @ np.array([0.299, 0.587, 0.114]))[:, :, None].round().astype(np.uint8)
-            else:
-                image = np.repeat(image[:, :, :1], 3, axis=2)
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
+        return to_layout(image, self.channels)

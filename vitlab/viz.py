@@ -1,9 +1,12 @@
-"""Pictures and tables for people: confusion matrix PNG and per-class report (written atomically)."""
+"""Pictures and tables for people: confusion matrix PNG, per-class report, prediction / attention overlays
+(all written atomically)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitlab._fs import atomic_write, atomic_write_json, atomic_write_text
@@ -60,3 +63,25 @@ def write_classification_report(cm: torch.Tensor, names: list[str], out_dir: Pat
         "per_class_json": atomic_write_json(out_dir / "per_class.json",
                                             {"classes": rows, "confusion_matrix": cm.tolist()}),
     }
+
+
+def save_overlay(image_chw: np.ndarray, text: str, path: str | os.PathLike, heatmap: np.ndarray | None = None,
+                 min_side: int = 224) -> Path:
+    """The model's input image (upscaled to at least ``min_side``), an optional 0..1 heatmap blended over it
+    (jet colours, e.g. attention rollout) and ``text`` in a bar at the top, as PNG (written atomically)."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    img = image_chw.transpose(1, 2, 0)
+    rgb = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+    h, w = rgb.shape[:2]
+    scale = max(1, -(-min_side // min(h, w)))
+    canvas = Image.fromarray(rgb).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    if heatmap is not None:
+        colours = (colormaps["jet"](heatmap)[:, :, :3] * 255).astype(np.uint8)
+        heat = Image.fromarray(colours).resize(canvas.size, Image.Resampling.BILINEAR)
+        canvas = Image.blend(canvas, heat, 0.45)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, canvas.size[0], 14), fill=(0, 0, 0))
+    draw.text((3, 1), text, fill=(255, 255, 255))
+    return atomic_write(path, lambda p: canvas.save(p, format="PNG"))

@@ -169,3 +169,49 @@ def read_csv_list(path: str | os.PathLike, class_names: Sequence[str] | None = N
         raise VitlabError(f"CSV list {path}: labels {unknown[:5]} are not in class_names")
     files = [str(p if Path(p).is_absolute() else path.parent / p) for p, _ in rows]
     return files, [index[lbl] for _, lbl in rows], classes
+
+
+# colour and grey photographs bundled with scikit-image (no download needed)
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
+                  "retina", "colorwheel", "stereo_motorcycle", "camera", "coins", "moon", "page", "text", "brick",
+                  "grass", "gravel")
+
+
+def make_photo_folder(out: str | os.PathLike, n: int = 2000, min_side: int = 96, max_side: int = 800,
+                      seed: int = 0) -> list[str]:
+    """``n`` JPEGs of mixed sizes cut from scikit-image's bundled photographs (random crops, scales and flips):
+    a real-photo corpus for demos and benchmarks. Existing files are reused; returns the paths, sorted."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise VitlabError("sample photos need scikit-image: pip install 'vitlab[demo]'") from None
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        a = getattr(skimage.data, name)()
+        a = a[0] if isinstance(a, tuple) else a  # stereo pairs: the left view
+        photos.append(a if a.ndim == 3 else np.repeat(a[:, :, None], 3, 2))
+    paths = []
+    for i in range(n):
+        path = out / f"photo_{i:05d}.jpg"
+        paths.append(str(path))
+        if path.exists():
+            continue
+        rng = np.random.default_rng([seed, i])  # per image: the same file whichever ones already exist
+        src = photos[i % len(photos)]
+        h, w = src.shape[:2]
+        ch, cw = rng.integers(h // 2, h + 1), rng.integers(w // 2, w + 1)
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = Image.fromarray(np.ascontiguousarray(src[top:top + ch, left:left + cw, :3]))
+        side = int(rng.integers(min_side, max_side + 1))
+        scale = side / max(crop.size)
+        crop = crop.resize((max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale))),
+                           Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        quality = int(rng.integers(70, 95))
+        atomic_write(path, lambda p, im=crop, q=quality: im.save(p, format="JPEG", quality=q))
+    return paths

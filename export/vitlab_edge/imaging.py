@@ -1,0 +1,162 @@
+"""Robust image reading and resizing, torch-free: the one implementation vitlab and the edge kit share.
+
+``read_image`` decodes a file into HWC uint8 with 1 (grey) or 3 (RGB) channels: EXIF orientation applied,
+palette/transparent images composited on a background, 16-bit and float images rescaled to 0..255, CMYK
+converted, animated files give their first frame. A bad file raises ``ImageReadError`` with the path and the
+reason; callers turn that into an error record. ``resize`` and ``to_layout`` turn any decoded image into the
+model's ``C x H x W`` uint8 input as a preprocessing description (vitlab's ``PreprocessCfg``, the ``vitlab``
+metadata of an exported model) says, with Pillow's resampling (antialiased when shrinking, like timm's eval).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit; configurable per call
+RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+
+
+class ImageReadError(Exception):
+    """An input that is not a readable image; ``str(e)`` is '<path>: <reason>'."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str) -> None:
+        self.path, self.reason = str(path) if path is not None else None, reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_pil_image(x) -> bool:
+    from PIL import Image
+
+    return isinstance(x, Image.Image)
+
+
+def _to_8bit(img):
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            a = a / 65535.0 * 255.0
+        elif img.mode == "I":
+            lo, hi = (0.0, 65535.0) if a.min() >= 0 and a.max() > 255 else (0.0, 255.0)
+            a = (a - lo) / (hi - lo) * 255.0
+        else:  # float images: assume 0..1 when they fit, else min-max
+            lo, hi = (0.0, 1.0) if a.min() >= 0 and a.max() <= 1 else (float(a.min()), float(a.max()) or 1.0)
+            a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8 -> mode "L"
+    return img
+
+
+def pil_to_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Any PIL image -> HWC uint8 with 1 (grey) or 3 (RGB) channels."""
+    from PIL import Image
+
+    img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("1", "L"):
+        return np.asarray(img.convert("L"))[:, :, None]
+    if img.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return np.asarray(canvas)
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to HWC uint8 (1 or 3 channels), EXIF orientation applied; raises ImageReadError."""
+    from PIL import Image, ImageOps
+
+    p = Path(path)
+    if p.is_dir():
+        raise ImageReadError(p, "is a directory")
+    try:
+        if p.stat().st_size == 0:
+            raise ImageReadError(p, "empty file")
+        with Image.open(p) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageReadError(p, f"{w}x{h} exceeds the pixel limit {max_pixels} (decompression bomb guard)")
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return pil_to_array(img)
+    except ImageReadError:
+        raise
+    except Exception as e:  # PIL raises many types for bad data: UnidentifiedImageError, OSError, SyntaxError, ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageReadError(p, f"{type(e).__name__}: {reason}") from None
+
+
+def _resample(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """HWC uint8 -> ``size`` (h, w) with Pillow, channel count kept."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    method = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "area": Image.Resampling.BOX}[interpolation]
+    if image.shape[2] == 3:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), method))
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c])).resize((w, h), method))
+              for c in range(image.shape[2])]  # grey, or any other channel count plane by plane
+    return np.stack(planes, axis=2)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], policy: str = "squash", interpolation: str = "bilinear",
+           crop_pct: float = 1.0) -> np.ndarray:
+    """HWC uint8 of any size -> ``size`` (h, w) by the resize policy, channel count kept.
+
+    ``squash`` ignores the aspect ratio; ``center_crop`` scales the shorter side to size / crop_pct and cuts the
+    centre; ``letterbox`` fits the image inside and pads the rest with zeros, content centred.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w = size
+    ih, iw = image.shape[:2]
+    if policy == "squash":
+        out = _resample(image, (h, w), interpolation)
+    elif policy == "center_crop":
+        scale = max(h / crop_pct / ih, w / crop_pct / iw)
+        rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
+        out = _resample(image, (rh, rw), interpolation)
+        top, left = (rh - h) // 2, (rw - w) // 2
+        out = out[top:top + h, left:left + w]
+    else:
+        scale = min(h / ih, w / iw)
+        rh, rw = min(h, max(1, round(ih * scale))), min(w, max(1, round(iw * scale)))
+        small = _resample(image, (rh, rw), interpolation)
+        out = np.zeros((h, w, image.shape[2]), np.uint8)
+        top, left = (h - rh) // 2, (w - rw) // 2
+        out[top:top + rh, left:left + rw] = small
+    return np.ascontiguousarray(out)
+
+
+def to_layout(image: np.ndarray, channels: int) -> np.ndarray:
+    """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    have = image.shape[2]
+    if have != channels:
+        if channels == 1 and have >= 3:  # ITU-R 601 luma, as PIL's convert("L")
+            image = (image[:, :, :3] @ np.array([0.299, 0.587, 0.114]))[:, :, None].round().astype(np.uint8)
+        elif channels == 1 or have < 3:  # grey (+ alpha) in, or one plane wanted from two: the first plane
+            image = np.repeat(image[:, :, :1], channels, axis=2)
+        else:  # RGBA / extra planes: the colour planes
+            image = image[:, :, :3]
+    return np.ascontiguousarray(image.transpose(2, 0, 1))

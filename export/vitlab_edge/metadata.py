@@ -1,0 +1,45 @@
+"""The ``vitlab`` metadata document of an exported model: one JSON object under that key in the ONNX model's
+``metadata_props``. vitlab's exporter writes it; edge apps read it with ``json.loads`` (never ``eval``).
+
+Keys (format 1): ``format``, ``task``, ``labels``, ``input_size`` [C, H, W], ``mean``/``std`` (0..1 scale,
+already applied inside the graph), ``interpolation``, ``resize`` (squash | center_crop | letterbox),
+``crop_pct``, ``inputs`` / ``outputs`` (tensor names), ``input_dtype`` ("uint8"), ``backbone``, ``depth``,
+``attention`` (onnx | ort-mha), ``opset``, ``precision`` (fp32 | fp16 | int8), ``vitlab_version``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+METADATA_KEY = "vitlab"
+FORMAT = 1
+REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolation", "resize", "crop_pct",
+            "inputs", "outputs", "precision")
+
+
+class ModelFormatError(ValueError):
+    """A file that is not a usable vitlab ONNX model; the message names the file and what to do."""
+
+
+def parse_metadata(text: str | None, source: str) -> dict[str, Any]:
+    """Validate the JSON text stored under ``vitlab``; errors name ``source`` and the missing key."""
+    if text is None:
+        raise ModelFormatError(f"{source}: no '{METADATA_KEY}' metadata; export the model with `vitlab export` "
+                               "(an ONNX file from elsewhere does not say how to preprocess its input)")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{source}: the '{METADATA_KEY}' metadata is not valid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{source}: the '{METADATA_KEY}' metadata must be a JSON object")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ModelFormatError(f"{source}: '{METADATA_KEY}' metadata lacks {', '.join(missing)}; re-export the model")
+    if meta["format"] > FORMAT:
+        raise ModelFormatError(f"{source}: metadata format {meta['format']} is newer than this kit understands "
+                               f"({FORMAT}); upgrade vitlab-edge")
+    c, h, w = meta["input_size"]
+    if c not in (1, 3) or h < 1 or w < 1:
+        raise ModelFormatError(f"{source}: bad input_size {meta['input_size']} in the metadata")
+    return meta

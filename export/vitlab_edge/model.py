@@ -1,0 +1,139 @@
+"""EdgeModel: a vitlab ONNX model served with ONNX Runtime, numpy and Pillow only.
+
+    model = EdgeModel("model.onnx")
+    records = model.predict(["shoe.jpg", pil_image, hwc_uint8_array], topk=3)
+
+Each input gets exactly one record, in input order: ``{"index", "source", "label", "class_id", "prob", "topk",
+"error"}``; an unreadable input gets ``error`` (the reason) and no prediction, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitlab_edge.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    is_pil_image,
+    pil_to_array,
+    read_image,
+    resize,
+    to_layout,
+)
+from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
+from vitlab_edge.session import create_session
+from vitlab_edge.sources import expand_inputs
+
+
+class EdgeModel:
+    """One exported vitlab model. ``providers`` defaults to CUDA then CPU; ``.providers`` says what ran."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, session_options: Any | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFormatError(f"{self.path}: no such model file")
+        try:
+            self.session = create_session(self.path, providers, session_options)
+        except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from onnxruntime
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelFormatError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = parse_metadata(props.get(METADATA_KEY), str(self.path))
+        names = [i.name for i in self.session.get_inputs()]
+        if names != list(self.metadata["inputs"]):
+            raise ModelFormatError(f"{self.path}: graph inputs {names} differ from the metadata's "
+                                   f"{self.metadata['inputs']}")
+        self.max_pixels = max_pixels
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.metadata["labels"])
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        c, h, w = self.metadata["input_size"]
+        return int(c), int(h), int(w)
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """A path, PIL image or HWC/HW uint8 array -> the model's CHW uint8 input, as the metadata says."""
+        if isinstance(image, (str, os.PathLike)):
+            array = read_image(image, self.max_pixels)
+        elif is_pil_image(image):
+            array = pil_to_array(image)
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or 0 in image.shape:
+                raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {image.dtype} {image.shape}")
+            array = image
+        else:
+            raise ImageReadError(None, f"cannot read an input of type {type(image).__name__}")
+        m = self.metadata
+        c, h, w = self.input_size
+        array = resize(array, (h, w), m["resize"], m["interpolation"], float(m["crop_pct"]))
+        return to_layout(array, c)
+
+    def run(self, batch: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs (all, or the ``outputs`` named) for a ready ``[N, C, H, W]`` uint8 batch."""
+        if batch.dtype != np.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_size:
+            raise ValueError(f"{self.path.name} takes uint8 [N, {', '.join(map(str, self.input_size))}] "
+                             f"batches, got {batch.dtype} {list(batch.shape)}; use predict() to resize images")
+        names = outputs or [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {self.metadata["inputs"][0]: batch})))
+
+    def predict(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5) -> list[dict[str, Any]]:
+        """One record per input, in order; see the module docstring."""
+        return list(self.stream(images, batch_size=batch_size, topk=topk))
+
+    def stream(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5) -> Iterator[dict[str, Any]]:
+        """``predict`` as a generator: batches are decoded, run and yielded one at a time."""
+        images = expand_inputs(images)  # folders, globs and .txt lists become their files
+        chunk: list[tuple[int, Any]] = []
+        for i, image in enumerate(images):
+            chunk.append((i, image))
+            if len(chunk) == batch_size:
+                yield from self._predict_chunk(chunk, topk)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk, topk)
+
+    def _predict_chunk(self, chunk: list[tuple[int, Any]], topk: int) -> list[dict[str, Any]]:
+        records, ready, arrays = [], [], []
+        for i, image in chunk:
+            rec = {"index": i, "source": describe_input(image, i), "label": None, "class_id": None, "prob": None,
+                   "topk": [], "error": None}
+            try:
+                arrays.append(self.preprocess(image))
+                ready.append(rec)
+            except ImageReadError as e:
+                rec["error"] = e.reason
+            records.append(rec)
+        if arrays:
+            name = self.metadata["outputs"][0]
+            probs = self.run(np.stack(arrays), [name])[name]  # [N, C]
+            for rec, p in zip(ready, probs):
+                rec.update(topk_record(p, self.labels, topk))
+        return records
+
+
+def topk_record(probs: np.ndarray, labels: list[str], k: int) -> dict[str, Any]:
+    """The top-1 fields and the ``topk`` list of a record from one row of probabilities."""
+    order = np.argsort(-probs, kind="stable")[:max(1, k)]
+    top = [{"label": labels[j] if j < len(labels) else str(j), "class_id": int(j), "prob": float(probs[j])}
+           for j in map(int, order)]
+    return {"label": top[0]["label"], "class_id": top[0]["class_id"], "prob": top[0]["prob"], "topk": top}
+
+
+def describe_input(image: Any, index: int) -> str:
+    """A record's ``source``: the path, or ``<type index>`` for an in-memory image."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    return f"<{type(image).__name__} {index}>"

@@ -1,0 +1,198 @@
+"""Predictor: batch image inference over checkpoints and ONNX files with one API and the same answers.
+
+    predictor = vitlab.Predictor.load("runs/demo/checkpoints/last.ckpt")   # or "model.onnx"
+    results = predictor.predict("photos/", batch_size=64, topk=3)
+    for r in predictor.stream(paths):                                       # bounded memory, input order
+        ...
+
+Decoding and resizing run in DataLoader workers, overlapped with inference; each batch holds what decoded
+successfully and every bad input gets one result with ``error`` set, in input order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from vitlab_edge.model import describe_input
+
+from vitlab.errors import VitlabError
+from vitlab.inference.backends import Backend, load_backend
+from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError, is_pil_image, pil_to_array, read_image
+from vitlab.preprocess import PreprocessCfg
+
+
+@dataclass
+class Prediction:
+    """One input's answer (or its ``error``); ``to_dict`` gives the JSONL record, same keys as the edge kit's."""
+
+    index: int
+    source: str
+    label: str | None = None
+    class_id: int | None = None
+    prob: float | None = None
+    topk: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    overlay: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image, HW/HWC uint8 array or CHW/HWC tensor (uint8, or float in 0..1) -> HWC uint8."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item, max_pixels)
+    if is_pil_image(item):
+        return pil_to_array(item)
+    if hasattr(item, "detach"):  # a torch tensor: CHW when the first axis looks like channels
+        import torch
+
+        t = item.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        if t.is_floating_point():
+            t = (t * (255.0 if float(t.max()) <= 1.0 else 1.0)).round().clamp(0, 255)
+        item = t.to(torch.uint8).numpy()
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or 0 in item.shape:
+            raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {item.dtype} {list(item.shape)}")
+        return item if item.ndim == 3 else item[:, :, None]
+    raise ImageReadError(None, f"cannot read an input of type {type(item).__name__}")
+
+
+class DecodeDataset:
+    """Inputs -> ``(index, source, CHW uint8 | None, error | None, decode seconds)``; runs in DataLoader workers."""
+
+    def __init__(self, items: list[Any], preprocess: PreprocessCfg,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float]:
+        t = time.perf_counter()
+        item = self.items[i]
+        try:
+            image = to_hwc_uint8(item, self.max_pixels)
+            chw = self.preprocess.to_model_layout(self.preprocess.resize_image(image))
+            return i, describe_input(item, i), chw, None, time.perf_counter() - t
+        except ImageReadError as e:
+            return i, describe_input(item, i), None, e.reason, time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - never stop the batch: anything unexpected becomes that input's error
+            return i, describe_input(item, i), None, f"{type(e).__name__}: {e}", time.perf_counter() - t
+
+
+def collate_decoded(samples: list) -> dict[str, Any]:
+    """Decoded samples -> ``{"index", "source", "image" (uint8 [M, C, H, W] of the good ones, or None), "ok",
+    "error", "decode_s"}``; ``ok[k]`` says whether sample k is in ``image``."""
+    good = [s[2] for s in samples if s[2] is not None]
+    return {"index": [s[0] for s in samples], "source": [s[1] for s in samples],
+            "image": np.stack(good) if good else None, "ok": [s[2] is not None for s in samples],
+            "error": [s[3] for s in samples], "decode_s": [s[4] for s in samples]}
+
+
+def batch_predictions(batch: dict[str, Any], probs: np.ndarray | None, labels: tuple[str, ...] | list[str],
+                      topk: int, infer_s: float = 0.0) -> list[Prediction]:
+    """One Prediction per sample of a decoded batch; ``probs`` has a row per good sample, in order."""
+    from vitlab_edge.model import topk_record
+
+    out, row = [], 0
+    infer_ms = round(infer_s * 1000 / max(1, sum(batch["ok"])), 3)
+    for index, source, ok, err, dec in zip(batch["index"], batch["source"], batch["ok"], batch["error"],
+                                          batch["decode_s"]):
+        pred = Prediction(index, source, error=err, decode_ms=round(dec * 1000, 3))
+        if ok:
+            for key, value in topk_record(probs[row], list(labels), topk).items():
+                setattr(pred, key, value)
+            pred.infer_ms = infer_ms
+            row += 1
+        out.append(pred)
+    return out
+
+
+class Predictor:
+    """Batch inference with one backend (``TorchBackend`` or ``OrtBackend``)."""
+
+    def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.backend, self.max_pixels = backend, max_pixels
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
+        """A Predictor for a Lightning checkpoint (torch on ``device``) or an exported ``.onnx`` (``providers``)."""
+        return cls(load_backend(path, device=device, providers=providers), max_pixels)
+
+    @property
+    def preprocess(self) -> PreprocessCfg:
+        return self.backend.preprocess
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.backend.preprocess.labels
+
+    def predict(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
+                overlays: str | os.PathLike | None = None, explain: bool = False) -> list[Prediction]:
+        """Every input's Prediction, in input order (see ``stream`` for bounded memory)."""
+        return list(self.stream(source, batch_size, num_workers, topk, overlays, explain))
+
+    def stream(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
+               overlays: str | os.PathLike | None = None, explain: bool = False) -> Iterator[Prediction]:
+        """Predictions one by one in input order; decoding runs ahead in ``num_workers`` processes (default: one
+        per spare core, at most 4), holding at most a few batches. ``overlays``: a folder for one PNG per image
+        (the model's input with its label; with ``explain``, the attention rollout over it)."""
+        from vitlab_edge.sources import expand_inputs
+
+        if explain and not hasattr(self.backend, "attention_maps"):
+            raise VitlabError("explain needs the checkpoint: an ONNX graph's fused attention keeps no weights to "
+                              "roll out; load the .ckpt instead")
+        out = Path(overlays) if overlays is not None else None
+        if explain and out is None:
+            raise VitlabError("explain writes overlays: pass overlays=FOLDER (--overlays DIR)")
+        for batch in self._loader(expand_inputs(source), batch_size, num_workers):
+            yield from self._run(batch, topk, out, explain)
+
+    def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,
+                num_workers: int | None = None) -> list[Prediction]:
+        """Predictions plus attention-rollout overlays (PNG) in ``out_dir``, one per image (``overlay`` field)."""
+        return self.predict(source, batch_size, num_workers, topk, overlays=out_dir, explain=True)
+
+    def _loader(self, items: list[Any], batch_size: int, num_workers: int | None):
+        from torch.utils.data import DataLoader
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        workers = default_workers() if num_workers is None else num_workers
+        ds = DecodeDataset(items, self.preprocess, self.max_pixels)
+        return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
+                          prefetch_factor=2 if workers else None, persistent_workers=False)
+
+    def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool) -> list[Prediction]:
+        probs, infer_s = None, 0.0
+        if batch["image"] is not None:
+            t = time.perf_counter()
+            probs = self.backend(batch["image"])  # [M, K]
+            infer_s = time.perf_counter() - t
+        preds = batch_predictions(batch, probs, self.labels, topk, infer_s)
+        if overlays is not None and batch["image"] is not None:
+            from vitlab.viz import save_overlay
+
+            maps = self.backend.attention_maps(batch["image"]) if explain else None
+            good = [p for p in preds if p.error is None]
+            for k, (pred, image) in enumerate(zip(good, batch["image"])):
+                name = f"{pred.index:06d}_{Path(pred.source).stem if not pred.source.startswith('<') else 'input'}.png"
+                pred.overlay = str(save_overlay(image, f"{pred.label} {pred.prob:.2f}", overlays / name,
+                                                None if maps is None else maps[k]))
+        return preds
+
+
+def default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
