@@ -29,7 +29,7 @@ from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder  # noqa: E402
 from vitlab.inference import Predictor  # noqa: E402
 from vitlab.inference.backends import OrtBackend, TorchBackend  # noqa: E402
-from vitlab.onnx.graph import INPUTS, OUTPUTS, export_graph, set_metadata  # noqa: E402
+from vitlab.onnx.graph import export_graph, model_metadata, set_metadata  # noqa: E402
 
 CACHE = Path("runs/bench")
 
@@ -43,8 +43,7 @@ def rss_mb() -> float:
 
 def onnx_backend(model: torch.nn.Module, path: Path) -> OrtBackend:
     graph = export_graph(model)
-    set_metadata(graph, {"format": 1, **model.preprocess.to_dict(), "inputs": INPUTS, "outputs": OUTPUTS,
-                         "precision": "fp32"})
+    set_metadata(graph, model_metadata(model, path.stem))
     onnx.save(graph, path)
     return OrtBackend(path, providers=["CPUExecutionProvider"])
 

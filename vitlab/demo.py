@@ -99,10 +99,11 @@ def _predict_photos(ckpt: Path, out: Path, n: int = 48) -> dict:
         return {"error": str(e)}
     if not onnx_path.is_file():
         return {"error": "no exported model"}
-    torch_preds = Predictor.load(ckpt).predict(photos, num_workers=0)
+    checkpoint = Predictor.load(ckpt)
+    torch_preds = checkpoint.predict(photos, num_workers=0)
     onnx_preds = Predictor.load(onnx_path).predict(photos, num_workers=0)
     write_records((p.to_dict() for p in onnx_preds), out / "predictions.jsonl")
-    Predictor.load(ckpt).explain(photos[:6], out / "overlays", num_workers=0)
+    checkpoint.explain(photos[:6], out / "overlays", num_workers=0)
     same = sum(a.class_id == b.class_id for a, b in zip(torch_preds, onnx_preds))
     return {"images": len(photos), "agreement_pct": 100 * same / len(photos),
             "jsonl": str(out / "predictions.jsonl"), "overlays": str(out / "overlays")}

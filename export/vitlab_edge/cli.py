@@ -10,27 +10,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-from vitlab_edge.files import atomic_write
+from vitlab_edge.files import write_jsonl
 from vitlab_edge.metadata import ModelFormatError
 from vitlab_edge.model import EdgeModel
 from vitlab_edge.sources import expand_inputs
-
-
-def _write_jsonl(records, out: Path) -> int:
-    """Write records atomically: ``out`` appears only once every record is written."""
-    n = 0
-
-    def write(tmp: Path) -> None:
-        nonlocal n
-        with open(tmp, "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-                n += 1
-
-    atomic_write(out, write)
-    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors += rec["error"] is not None
                 yield rec
 
-        n = _write_jsonl(counted(), Path(args.out))
+        n = write_jsonl(counted(), args.out)
         print(f"vitlab-edge: {n} records ({errors} errors) -> {args.out} [{', '.join(model.providers)}]")
         return 0
     except ModelFormatError as e:

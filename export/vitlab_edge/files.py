@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
+    """One JSON record per line, written atomically (``path`` appears only once every record is in); the count."""
+    n = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+                n += 1
+
+    atomic_write(path, write)
+    return n

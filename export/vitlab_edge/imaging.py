@@ -98,6 +98,19 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageReadError(p, f"{type(e).__name__}: {reason}") from None
 
 
+def to_hwc_uint8(item, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or HW/HWC uint8 array -> HWC uint8; anything else raises ImageReadError."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item, max_pixels)
+    if is_pil_image(item):
+        return pil_to_array(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or 0 in item.shape:
+            raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {item.dtype} {list(item.shape)}")
+        return item if item.ndim == 3 else item[:, :, None]
+    raise ImageReadError(None, f"cannot read an input of type {type(item).__name__}")
+
+
 def _resample(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
     """HWC uint8 -> ``size`` (h, w) with Pillow, channel count kept."""
     from PIL import Image

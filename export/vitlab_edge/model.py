@@ -16,15 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitlab_edge.imaging import (
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    is_pil_image,
-    pil_to_array,
-    read_image,
-    resize,
-    to_layout,
-)
+from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, resize, to_hwc_uint8, to_layout
 from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
 from vitlab_edge.session import create_session
 from vitlab_edge.sources import expand_inputs
@@ -66,16 +58,7 @@ class EdgeModel:
 
     def preprocess(self, image: Any) -> np.ndarray:
         """A path, PIL image or HWC/HW uint8 array -> the model's CHW uint8 input, as the metadata says."""
-        if isinstance(image, (str, os.PathLike)):
-            array = read_image(image, self.max_pixels)
-        elif is_pil_image(image):
-            array = pil_to_array(image)
-        elif isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3) or 0 in image.shape:
-                raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {image.dtype} {image.shape}")
-            array = image
-        else:
-            raise ImageReadError(None, f"cannot read an input of type {type(image).__name__}")
+        array = to_hwc_uint8(image, self.max_pixels)
         m = self.metadata
         c, h, w = self.input_size
         array = resize(array, (h, w), m["resize"], m["interpolation"], float(m["crop_pct"]))

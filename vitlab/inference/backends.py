@@ -38,17 +38,22 @@ class TorchBackend:
         self.name = f"torch[{self.device}]"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            return self.model(x).softmax(-1).float().cpu().numpy()
+        return torch_probs(self.model, batch, self.device)
 
     def attention_maps(self, batch: np.ndarray) -> np.ndarray:
         """Attention rollout per image, ``[N, h, w]`` in 0..1 (see ``vitlab.inference.explain``)."""
         from vitlab.inference.explain import attention_rollout
 
         return attention_rollout(self.model, batch, self.device)
+
+
+def torch_probs(classifier, batch: np.ndarray, device) -> np.ndarray:
+    """``uint8 [N, C, H, W]`` numpy -> probabilities ``float32 [N, K]`` from a classifier on ``device``."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
+        return classifier(x).softmax(-1).float().cpu().numpy()
 
 
 class OrtBackend:

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from vitlab.inference.backends import torch_probs
 from vitlab.inference.predictor import DecodeDataset, batch_predictions, collate_decoded, default_workers
 from vitlab.inference.writers import ShardedPredictionWriter
 
@@ -29,8 +30,7 @@ class PredictModule(L.LightningModule):
         probs, infer_s = None, 0.0
         if batch["image"] is not None:
             t = time.perf_counter()
-            x = torch.from_numpy(batch["image"]).to(self.device)
-            probs = self.classifier(x).softmax(-1).float().cpu().numpy()  # [M, K]
+            probs = torch_probs(self.classifier, batch["image"], self.device)  # [M, K]
             infer_s = time.perf_counter() - t
         preds = batch_predictions(batch, probs, self.classifier.preprocess.labels, self.topk, infer_s)
         return [p.to_dict() for p in preds]

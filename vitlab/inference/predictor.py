@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vitlab_edge.imaging import to_hwc_uint8 as read_any
 from vitlab_edge.model import describe_input
 
 from vitlab.errors import VitlabError
 from vitlab.inference.backends import Backend, load_backend
-from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError, is_pil_image, pil_to_array, read_image
+from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError
 from vitlab.preprocess import PreprocessCfg
 
 
@@ -47,11 +48,8 @@ class Prediction:
 
 
 def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A path, PIL image, HW/HWC uint8 array or CHW/HWC tensor (uint8, or float in 0..1) -> HWC uint8."""
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(item, max_pixels)
-    if is_pil_image(item):
-        return pil_to_array(item)
+    """What the edge kit reads (path, PIL image, HW/HWC uint8 array), plus torch tensors: CHW or HWC, uint8 or
+    float in 0..1."""
     if hasattr(item, "detach"):  # a torch tensor: CHW when the first axis looks like channels
         import torch
 
@@ -61,11 +59,7 @@ def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.n
         if t.is_floating_point():
             t = (t * (255.0 if float(t.max()) <= 1.0 else 1.0)).round().clamp(0, 255)
         item = t.to(torch.uint8).numpy()
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or item.ndim not in (2, 3) or 0 in item.shape:
-            raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {item.dtype} {list(item.shape)}")
-        return item if item.ndim == 3 else item[:, :, None]
-    raise ImageReadError(None, f"cannot read an input of type {type(item).__name__}")
+    return read_any(item, max_pixels)
 
 
 class DecodeDataset:

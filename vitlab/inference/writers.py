@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+from vitlab_edge.files import write_jsonl
 
 from vitlab._fs import atomic_write
 from vitlab.errors import VitlabError
@@ -31,21 +32,18 @@ def check_output(path: str | os.PathLike) -> Path:
 def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
     """Write records as JSONL or CSV (by suffix); the file appears only once complete. Returns the count."""
     path = check_output(path)
+    if path.suffix == ".jsonl":
+        return write_jsonl(records, path)
     n = 0
 
     def write(tmp: Path) -> None:
         nonlocal n
         with open(tmp, "w", newline="") as f:
-            if path.suffix == ".csv":
-                w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-                w.writeheader()
-                for rec in records:
-                    w.writerow({**rec, "topk": json.dumps(rec.get("topk", []))})
-                    n += 1
-            else:
-                for rec in records:
-                    f.write(json.dumps(rec) + "\n")
-                    n += 1
+            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for rec in records:
+                w.writerow({**rec, "topk": json.dumps(rec.get("topk", []))})
+                n += 1
 
     atomic_write(path, write)
     return n

@@ -19,10 +19,9 @@ from vitlab._fs import atomic_write, atomic_write_json
 from vitlab.errors import VitlabError
 from vitlab.onnx.graph import (
     ATTENTION_PATHS,
-    INPUTS,
-    OUTPUTS,
     count_fused_attention,
     export_graph,
+    model_metadata,
     op_counts,
     rewrite_to_ort_mha,
     set_metadata,
@@ -88,9 +87,6 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
     if attention == "ort-mha":
         fp32 = rewrite_to_ort_mha(fp32)
     log.info("exported %s (opset %d, %s attention) in %.1f s", name, opset, attention, time.perf_counter() - t0)
-    meta = {"format": 1, **pre.to_dict(), "inputs": INPUTS, "outputs": OUTPUTS, "input_dtype": "uint8",
-            "backbone": name, "arch": classifier.backbone.arch, "depth": depth, "attention": attention,
-            "opset": opset, "vitlab_version": vitlab.__version__}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -103,10 +99,10 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
         if fused != depth:
             raise VitlabError(f"{prec} graph has {fused} fused attention nodes for {depth} blocks; "
                               "this model's attention cannot be exported as fused nodes")
-        set_metadata(model, {**meta, "precision": prec, "int8_mode": ("static" if calib is not None else "dynamic")
-                             if prec == "int8" else None})
+        int8 = {"int8_mode": "dynamic" if calib is None else "static"} if prec == "int8" else {}
+        set_metadata(model, model_metadata(classifier, name, attention, opset, prec, **{"int8_mode": None, **int8}))
         results[prec] = _write_checked(model, out / file_name(prec), ref_logits, eval_set, prec, allow_degraded,
-                                       int8_mode="static" if calib is not None else "dynamic")
+                                       **int8)
     return results
 
 
@@ -124,8 +120,7 @@ def _write_checked(model, path: Path, ref_logits, eval_set, precision: str, allo
         probs, logits = onnx_outputs(session, eval_set.images)
         rep.update(parity_report(ref_logits, probs, logits, eval_set, precision), precision=precision,
                    file_bytes=tmp.stat().st_size, fused_attention_nodes=count_fused_attention(model),
-                   providers=session.get_providers(), node_counts=op_counts(model),
-                   **(extra if precision == "int8" else {}))
+                   providers=session.get_providers(), node_counts=op_counts(model), **extra)
         rep["status"] = "ok" if rep["passed"] else ("degraded" if allow_degraded else "rejected")
         _update_report(path.parent / "report.json", path.name, rep)
         if rep["status"] == "rejected":

@@ -128,6 +128,17 @@ def rewrite_to_ort_mha(model):
     return ir.serde.serialize_model(graph_model)
 
 
+def model_metadata(classifier: nn.Module, name: str, attention: str = "onnx", opset: int = 23,
+                   precision: str = "fp32", **extra: Any) -> dict[str, Any]:
+    """The ``vitlab`` metadata document for an exported classifier (see vitlab_edge.metadata for the keys)."""
+    import vitlab
+
+    return {"format": 1, **classifier.preprocess.to_dict(), "inputs": INPUTS, "outputs": OUTPUTS,
+            "input_dtype": "uint8", "backbone": name, "arch": classifier.backbone.arch,
+            "depth": classifier.backbone.depth, "attention": attention, "opset": opset, "precision": precision,
+            "vitlab_version": vitlab.__version__, **extra}
+
+
 def set_metadata(model, meta: dict[str, Any]) -> None:
     """Store ``meta`` as one JSON document under ``vitlab`` in the model's metadata_props (replacing any)."""
     from vitlab_edge.metadata import METADATA_KEY
