@@ -3,6 +3,7 @@ test accuracy after every epoch, one JSON line per epoch. Each probe takes minut
 ``--threads 1`` to compare recipes under the same load.
 
     python benchmarks/probe_recipes.py --epochs 6 --embed-dim 96 --no-flip
+    python benchmarks/probe_recipes.py --epochs 4 --embed-dim 128 --stem 16:1,32,64,128 --threads 1
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ import torch.nn.functional as F  # noqa: E402
 
 import vitlab  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays  # noqa: E402
+from vitlab.models.stem import conv_stem  # noqa: E402
+from vitlab.registry import ModelSpec, register_model, resolve  # noqa: E402
+
+
+def _probe_variant(stem: str | None) -> str:
+    """vitlab_fmnist, or a variant of it registered on the fly with the ``--stem`` conv stem."""
+    if not stem:
+        return "vitlab_fmnist"
+    layers = [(int(c), int(s or 2)) for c, _, s in (part.partition(":") for part in stem.split(","))]
+    base = resolve("vitlab_fmnist")
+    spec = ModelSpec(base.arch, {**base.kwargs, "embed_layer": conv_stem(*zip(*layers))}, base.preprocess)
+
+    def probe_stem() -> ModelSpec:
+        return spec
+
+    register_model(probe_stem)
+    return "probe_stem"
 
 
 def main() -> None:
@@ -34,6 +52,9 @@ def main() -> None:
     ap.add_argument("--embed-dim", type=int, default=96)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--mlp-ratio", type=float, default=2.0)
+    ap.add_argument("--stem", default=None, help="conv stem instead of patchify: channels[:stride],... "
+                    "(stride 2 unless given), e.g. 32,64,128 or 16:1,32,64,128")
+    ap.add_argument("--drop-path", type=float, default=0.0)
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -43,8 +64,9 @@ def main() -> None:
     xtr, ytr = (torch.from_numpy(a) for a in fashion_mnist_arrays("train"))
     xte, yte = (torch.from_numpy(a) for a in fashion_mnist_arrays("test"))
     xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)  # [N, 1, 28, 28] uint8
-    model = vitlab.create_model("vitlab_fmnist", num_classes=10, patch_size=args.patch_size, embed_dim=args.embed_dim,
-                                depth=args.depth, mlp_ratio=args.mlp_ratio)
+    model = vitlab.create_model(_probe_variant(args.stem), num_classes=10, patch_size=args.patch_size,
+                                embed_dim=args.embed_dim, depth=args.depth, mlp_ratio=args.mlp_ratio,
+                                drop_path_rate=args.drop_path)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],

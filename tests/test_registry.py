@@ -3,6 +3,7 @@ import torch
 
 import vitlab
 from vitlab.errors import VitlabError
+from vitlab.models.stem import conv_stem
 from vitlab.registry import BACKBONE_OPTIONS, ModelSpec, register_model
 
 
@@ -81,8 +82,11 @@ def test_labels_must_match_num_classes():
 def test_conv_stem_replaces_patchify_and_keeps_the_contract():
     model = vitlab.create_model("vitlab_fmnist_cs", num_classes=10).eval()
     convs = [m for m in model.backbone.vit.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
-    assert [c.stride for c in convs] == [(2, 2), (2, 2), (2, 2), (1, 1)]  # 28 -> 14 -> 7 -> 4, then 1x1 to width
+    # 28 -> 28 -> 14 -> 7 -> 4, then 1x1 to width
+    assert [c.stride for c in convs] == [(1, 1), (2, 2), (2, 2), (2, 2), (1, 1)]
     out = model.backbone(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
     assert out["tokens"].shape == (2, 16, 128) and out["map"].shape == (2, 128, 4, 4)
     with pytest.raises(VitlabError, match="implies"):
         vitlab.create_model("vitlab_fmnist_cs", num_classes=10, patch_size=4)  # 7x7 grid: the stem makes 4x4
+    with pytest.raises(VitlabError, match="must be 1 or 2"):
+        conv_stem((16, 32), strides=(1, 3))(img_size=28, patch_size=14, in_chans=1, embed_dim=8)

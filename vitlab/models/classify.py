@@ -98,9 +98,9 @@ def vitlab_fmnist_s() -> ModelSpec:
 
 @register_model
 def vitlab_fmnist_cs() -> ModelSpec:
-    """28x28 grayscale, conv stem 32-64-128 (28 -> 4x4 tokens), width 128, depth 4, MLP ratio 2: the 30-minute
-    CPU model (see vitlab.models.stem)."""
+    """28x28 grayscale, conv stem 16/s1-32-64-128 (28 -> 28 -> 14 -> 7 -> 4x4 tokens), width 128, depth 4, MLP
+    ratio 2: the 30-minute CPU model (see vitlab.models.stem)."""
     return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4,
                                                   num_heads=4, mlp_ratio=2.0, global_pool="avg", class_token=False,
-                                                  embed_layer=conv_stem((32, 64, 128))),
+                                                  embed_layer=conv_stem((16, 32, 64, 128), strides=(1, 2, 2, 2))),
                      _GREY.replace(labels=FMNIST_LABELS))
