@@ -29,6 +29,7 @@ from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder  # noqa: E402
 from vitlab.inference import Predictor  # noqa: E402
 from vitlab.inference.backends import OrtBackend, TorchBackend  # noqa: E402
+from vitlab.inference.io import read_image  # noqa: E402
 from vitlab.onnx.graph import export_graph, model_metadata, set_metadata  # noqa: E402
 
 CACHE = Path("runs/bench")
@@ -51,7 +52,7 @@ def onnx_backend(model: torch.nn.Module, path: Path) -> OrtBackend:
 def throughput(predictor: Predictor, files: list[str], batch: int, workers: int) -> dict:
     """Predictor over the files vs the same backend on pre-decoded batches, back to back."""
     pre = predictor.preprocess
-    decoded = np.stack([r for r in _decode(files[: batch * 8], pre)])
+    decoded = np.stack([pre.prepare(read_image(f)) for f in files[: batch * 8]])
     predictor.backend(decoded[:batch])  # warm-up
     t = time.perf_counter()
     for i in range(0, len(decoded), batch):
@@ -63,13 +64,6 @@ def throughput(predictor: Predictor, files: list[str], batch: int, workers: int)
     return {"backend": predictor.backend.name, "images": n, "batch": batch, "workers": workers,
             "model_only_img_s": round(model_rate, 1), "predictor_img_s": round(pred_rate, 1),
             "ratio": round(pred_rate / model_rate, 3)}
-
-
-def _decode(files, pre):
-    from vitlab.inference.io import read_image
-
-    for f in files:
-        yield pre.to_model_layout(pre.resize_image(read_image(f)))
 
 
 def stream_memory(predictor: Predictor, folder: Path, n: int, batch: int, workers: int) -> dict:

@@ -38,7 +38,7 @@ def _torch_reference(ckpt, files):
 
     task = vitlab.load(ckpt)
     pre = task.preprocess
-    batch = np.stack([pre.to_model_layout(pre.resize_image(read_image(f))) for f in files])
+    batch = np.stack([pre.prepare(read_image(f)) for f in files])
     with torch.no_grad():
         return task.model(torch.from_numpy(batch)).softmax(-1).numpy()
 

@@ -84,3 +84,7 @@ class PreprocessCfg:
     def to_model_layout(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes."""
         return to_layout(image, self.channels)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded image (HWC uint8, any size and channel count) -> the model's CHW uint8 input."""
+        return self.to_model_layout(self.resize_image(image))

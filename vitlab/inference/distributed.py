@@ -7,15 +7,13 @@ by sample index and merges them on rank 0, so every input is answered exactly on
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from vitlab.inference.backends import torch_probs
-from vitlab.inference.predictor import DecodeDataset, batch_predictions, collate_decoded, default_workers
+from vitlab.inference.predictor import batch_predictions, decode_loader
 from vitlab.inference.writers import ShardedPredictionWriter
 
 
@@ -27,12 +25,8 @@ class PredictModule(L.LightningModule):
         self.classifier, self.topk = classifier.eval(), topk
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        probs, infer_s = None, 0.0
-        if batch["image"] is not None:
-            t = time.perf_counter()
-            probs = torch_probs(self.classifier, batch["image"], self.device)  # [M, K]
-            infer_s = time.perf_counter() - t
-        preds = batch_predictions(batch, probs, self.classifier.preprocess.labels, self.topk, infer_s)
+        preds = batch_predictions(batch, lambda images: torch_probs(self.classifier, images, self.device),
+                                  self.classifier.preprocess.labels, self.topk)
         return [p.to_dict() for p in preds]
 
 
@@ -41,9 +35,7 @@ def predict_distributed(classifier: torch.nn.Module, items: list[Any], out: str 
                         num_workers: int | None = None, topk: int = 5) -> bool:
     """Predict ``items`` with ``trainer.predict`` on ``devices`` x ``num_nodes`` and write ``out`` (JSONL/CSV).
     Returns True on global rank 0 (the process that wrote ``out``)."""
-    ds = DecodeDataset(items, classifier.preprocess)
-    workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded)
+    loader = decode_loader(items, classifier.preprocess, batch_size, num_workers)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         callbacks=[ShardedPredictionWriter(out, len(items))])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +75,14 @@ class DecodeDataset:
     def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float]:
         t = time.perf_counter()
         item = self.items[i]
+        source = describe_input(item, i)
         try:
-            image = to_hwc_uint8(item, self.max_pixels)
-            chw = self.preprocess.to_model_layout(self.preprocess.resize_image(image))
-            return i, describe_input(item, i), chw, None, time.perf_counter() - t
+            chw = self.preprocess.prepare(to_hwc_uint8(item, self.max_pixels))
+            return i, source, chw, None, time.perf_counter() - t
         except ImageReadError as e:
-            return i, describe_input(item, i), None, e.reason, time.perf_counter() - t
+            return i, source, None, e.reason, time.perf_counter() - t
         except Exception as e:  # noqa: BLE001 - never stop the batch: anything unexpected becomes that input's error
-            return i, describe_input(item, i), None, f"{type(e).__name__}: {e}", time.perf_counter() - t
+            return i, source, None, f"{type(e).__name__}: {e}", time.perf_counter() - t
 
 
 def collate_decoded(samples: list) -> dict[str, Any]:
@@ -94,11 +94,17 @@ def collate_decoded(samples: list) -> dict[str, Any]:
             "error": [s[3] for s in samples], "decode_s": [s[4] for s in samples]}
 
 
-def batch_predictions(batch: dict[str, Any], probs: np.ndarray | None, labels: tuple[str, ...] | list[str],
-                      topk: int, infer_s: float = 0.0) -> list[Prediction]:
-    """One Prediction per sample of a decoded batch; ``probs`` has a row per good sample, in order."""
+def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], np.ndarray],
+                      labels: tuple[str, ...] | list[str], topk: int) -> list[Prediction]:
+    """One Prediction per sample of a decoded batch: ``infer`` (uint8 ``[M, C, H, W]`` -> probabilities
+    ``[M, K]``) runs, timed, on the good samples only, and each gets its row in order."""
     from vitlab_edge.model import topk_record
 
+    probs, infer_s = None, 0.0
+    if batch["image"] is not None:
+        t = time.perf_counter()
+        probs = infer(batch["image"])
+        infer_s = time.perf_counter() - t
     out, row = [], 0
     infer_ms = round(infer_s * 1000 / max(1, sum(batch["ok"])), 3)
     for index, source, ok, err, dec in zip(batch["index"], batch["source"], batch["ok"], batch["error"],
@@ -111,6 +117,19 @@ def batch_predictions(batch: dict[str, Any], probs: np.ndarray | None, labels: t
             row += 1
         out.append(pred)
     return out
+
+
+def decode_loader(items: list[Any], preprocess: PreprocessCfg, batch_size: int, num_workers: int | None = None,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """A DataLoader of decoded batches (see ``collate_decoded``); decoding runs in ``num_workers`` processes
+    (default: one per spare core, at most 4)."""
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = default_workers() if num_workers is None else num_workers
+    return DataLoader(DecodeDataset(items, preprocess, max_pixels), batch_size=batch_size, num_workers=workers,
+                      collate_fn=collate_decoded, prefetch_factor=2 if workers else None, persistent_workers=False)
 
 
 class Predictor:
@@ -151,7 +170,7 @@ class Predictor:
         out = Path(overlays) if overlays is not None else None
         if explain and out is None:
             raise VitlabError("explain writes overlays: pass overlays=FOLDER (--overlays DIR)")
-        for batch in self._loader(expand_inputs(source), batch_size, num_workers):
+        for batch in decode_loader(expand_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels):
             yield from self._run(batch, topk, out, explain)
 
     def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,
@@ -159,23 +178,8 @@ class Predictor:
         """Predictions plus attention-rollout overlays (PNG) in ``out_dir``, one per image (``overlay`` field)."""
         return self.predict(source, batch_size, num_workers, topk, overlays=out_dir, explain=True)
 
-    def _loader(self, items: list[Any], batch_size: int, num_workers: int | None):
-        from torch.utils.data import DataLoader
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        workers = default_workers() if num_workers is None else num_workers
-        ds = DecodeDataset(items, self.preprocess, self.max_pixels)
-        return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
-                          prefetch_factor=2 if workers else None, persistent_workers=False)
-
     def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool) -> list[Prediction]:
-        probs, infer_s = None, 0.0
-        if batch["image"] is not None:
-            t = time.perf_counter()
-            probs = self.backend(batch["image"])  # [M, K]
-            infer_s = time.perf_counter() - t
-        preds = batch_predictions(batch, probs, self.labels, topk, infer_s)
+        preds = batch_predictions(batch, self.backend, self.labels, topk)
         if overlays is not None and batch["image"] is not None:
             from vitlab.viz import save_overlay
 

@@ -76,7 +76,7 @@ def _folder_eval_set(root: Path, preprocess, limit: int, seed: int) -> EvalSet:
     images, labels = [], []
     for f in files:
         try:
-            arr = preprocess.to_model_layout(preprocess.resize_image(read_image(f)))
+            arr = preprocess.prepare(read_image(f))
         except ImageReadError as e:
             log.warning("skipping eval image %s", e)
             continue
