@@ -143,3 +143,40 @@ def test_datamodule_without_preprocess_says_how(image_folder):
     dm = ImageFolderDataModule(str(image_folder))
     with pytest.raises(VitlabError, match="PreprocessCfg"):
         dm.setup("fit")
+
+
+def test_nested_containers_need_an_explicit_p(tmp_path):
+    for container in ("OneOf", "Sequential", "SomeOf"):
+        extra = "      n: 1\n" if container == "SomeOf" else ""
+        (tmp_path / "nested.yaml").write_text(
+            "transform:\n  __class_fullname__: Compose\n  transforms:\n"
+            f"    - __class_fullname__: {container}\n{extra}      transforms:\n"
+            "        - {__class_fullname__: HorizontalFlip, p: 1.0}\n")
+        with pytest.raises(VitlabError, match=f"{container} has no 'p'"):
+            load_pipeline(tmp_path / "nested.yaml")
+
+
+def test_colour_photo_gives_one_model_input_in_training_predictor_and_edge_kit(tmp_path, trained_ckpt, exported):
+    """Training's eval pipeline, the Predictor and the edge kit turn a colour photo into the same bytes (resize,
+    then channels: the grey model's luma is taken after the resize in all three)."""
+    skimage = pytest.importorskip("skimage")
+    from PIL import Image
+    from vitlab_edge.model import EdgeModel
+
+    from vitlab.data.datasets import FileListDataset
+    from vitlab.inference.predictor import DecodeDataset
+    from vitlab.tasks import load_task
+
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(skimage.data.astronaut()[40:400, 60:300]).save(photo, quality=90)
+    pre = load_task(trained_ckpt).preprocess
+    assert pre.channels == 1  # the interesting case: RGB -> grey, where the order changes the bytes
+    training = make_sample_transform(pre)(FileListDataset([photo], [0])[0][0])
+    predictor = DecodeDataset([str(photo)], pre)[0][2]
+    edge = EdgeModel(exported["fp32"]).preprocess(str(photo))
+    assert training.shape == (1, 28, 28)
+    assert np.array_equal(training, predictor) and np.array_equal(training, edge)
+    for size in ((3, 40, 52), (1, 33, 20)):  # other sizes, channel counts and policies: training == Predictor
+        other = pre.replace(input_size=size, mean=(0.5,) * size[0], std=(0.5,) * size[0], resize="letterbox")
+        decoded = FileListDataset([photo], [0])[0][0]
+        assert np.array_equal(make_sample_transform(other)(decoded), DecodeDataset([str(photo)], other)[0][2])

@@ -1,6 +1,8 @@
 """The torch-free edge kit: same answers as torch on real images, no torch import, clear errors."""
 
+import io
 import json
+import re
 import subprocess
 import sys
 
@@ -105,19 +107,110 @@ def test_edge_cli_writes_one_record_per_input(exported, photo_dir, tmp_path, cap
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 11 and sum(r["error"] is not None for r in lines) == 2
     assert all(len(r["topk"]) == 2 for r in lines if r["error"] is None)
-    assert "11 records (2 errors)" in capsys.readouterr().out
-    assert edge_main(["predict", str(photo_dir / "0.png"), str(photo_dir), "--out", str(tmp_path / "x")]) == 2
-    assert not (tmp_path / "x").exists()
+    captured = capsys.readouterr()
+    assert "11 records (2 errors)" in captured.out and "ETA" not in captured.err  # no bar when not a terminal
+    csv_out = tmp_path / "preds.csv"
+    assert edge_main(["predict", str(exported["int8"]), str(photo_dir), "--out", str(csv_out), "--topk", "2"]) == 0
+    from vitlab.inference.writers import read_records
+
+    rows = read_records(csv_out)
+    assert [(r["source"], r["label"] or None, r["error"], r["topk"]) for r in rows] == \
+        [(r["source"], r["label"], r["error"], r["topk"]) for r in lines]  # CSV: an empty cell for None
+    assert edge_main(["predict", str(photo_dir / "0.png"), str(photo_dir), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert not (tmp_path / "x.jsonl").exists()
     assert "not a loadable ONNX model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        edge_main(["predict", str(exported["int8"]), str(photo_dir), "--out", str(tmp_path / "x.txt")])
+    assert "use a .jsonl or .csv" in capsys.readouterr().err
 
 
-def test_edge_kit_depends_on_onnxruntime_numpy_pillow_only():
+def test_names_that_match_nothing_are_one_line_errors_in_both_clis(exported, photo_dir, tmp_path, capsys):
+    from vitlab.cli import main as vitlab_main
+
+    (tmp_path / "empty").mkdir()
+    for name, msg in [(str(photo_dir / "*.bmp"), "matches no files"), (str(tmp_path / "empty"), "no image files")]:
+        args = ["predict", str(exported["fp32"]), str(photo_dir / "0.png"), name, "--out", str(tmp_path / "p.jsonl")]
+        assert edge_main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vitlab-edge: error:") and msg in err[0] and name in err[0]
+        with pytest.raises(SystemExit) as exit_info:
+            vitlab_main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("vitlab: error:") and msg in err[0]
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_edge_kit_and_predictor_give_the_same_records(exported, fmnist_test, tmp_path):
+    """Same mixed inputs -> the same records: paths, PIL images (EXIF-rotated, broken), RGBA/LA arrays, a .txt item
+    of a list (an input, not a list to expand), a missing file, and every multi-frame / read-only format."""
+    from tests.test_io import write_frame_corpus
+
+    img = fmnist_test[0][7]
+    Image.fromarray(img).save(tmp_path / "a.png")
+    (tmp_path / "list.txt").write_text("a.png\na.png\n")
+    upright = np.repeat(img[:, 3:, None], 3, 2)  # 28x25: not square, so a missed rotation changes the input
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer rotates 90 degrees clockwise: store the pixels rotated back
+    buf = io.BytesIO()
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", exif=exif, quality=95)
+    (tmp_path / "rotated.jpg").write_bytes(buf.getvalue())
+    alpha = np.full_like(img, 255)
+    alpha[:, :14] = 0  # the left half transparent: white once composited
+    frames = write_frame_corpus(tmp_path / "frames")
+    inputs = [str(tmp_path / "a.png"), Image.fromarray(img), Image.open(io.BytesIO(buf.getvalue())),
+              Image.open(io.BytesIO(buf.getvalue()[:-100])), np.dstack([img, img, img, alpha]),
+              np.dstack([img, alpha]), *(str(tmp_path / f) for f in ("list.txt", "missing.png", "rotated.jpg")),
+              *map(str, frames), *(expected for expected, tol in frames.values() if tol == 0)]
+    edge = EdgeModel(exported["fp32"], providers=["CPUExecutionProvider"]).predict(inputs, batch_size=4, topk=3)
+    pred = vitlab.Predictor.load(exported["fp32"], providers=["CPUExecutionProvider"])
+    ref = [p.to_dict() for p in pred.predict(inputs, batch_size=4, num_workers=0, topk=3)]
+    assert [r["index"] for r in edge] == [r["index"] for r in ref] == list(range(len(inputs)))
+    for e, r in zip(edge, ref):
+        assert {k: e[k] for k in ("source", "label", "class_id", "error")} == \
+            {k: r[k] for k in ("source", "label", "class_id", "error")}, e["source"]
+        np.testing.assert_allclose([t["prob"] for t in e["topk"]], [t["prob"] for t in r["topk"]], atol=1e-5)
+    errors = {e["source"]: e["error"] for e in edge if e["error"]}
+    assert list(errors) == ["<JpegImageFile 3>", str(tmp_path / "list.txt"), str(tmp_path / "missing.png")]
+    assert "truncated" in errors["<JpegImageFile 3>"] and "UnidentifiedImageError" in errors[str(tmp_path / "list.txt")]
+    assert edge[2]["topk"] == edge[8]["topk"]  # the in-memory photo is turned upright like its file
+    white = np.where(alpha[:, :, None] == 0, 255, np.repeat(img[:, :, None], 3, 2)).astype(np.uint8)
+    assert edge[4]["topk"] == edge[5]["topk"] == EdgeModel(exported["fp32"]).predict([white], topk=3)[0]["topk"]
+    files = edge[9:9 + len(frames)]
+    assert [r["source"] for r in files] == list(map(str, frames)) and all(r["error"] is None for r in files)
+    exact = [r for r, (expected, tol) in zip(files, frames.values()) if tol == 0]
+    for file_rec, frame_rec in zip(exact, edge[9 + len(frames):], strict=True):  # a file answers like its frame
+        assert file_rec["topk"] == frame_rec["topk"], file_rec["source"]
+
+
+def test_edge_kit_depends_on_numpy_pillow_and_one_runtime_extra():
     import re
-
-    import tomllib
 
     from tests.conftest import REPO
 
-    deps = tomllib.loads((REPO / "export" / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=;\s\[]", d, maxsplit=1)[0].lower() for d in deps}
-    assert names == {"numpy", "pillow", "onnxruntime", "onnxruntime-gpu"}
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; vitlab itself runs on 3.10
+
+    project = tomllib.loads((REPO / "export" / "pyproject.toml").read_text())["project"]
+    names = lambda deps: {re.split(r"[<>=;\s\[]", d, maxsplit=1)[0].lower() for d in deps}  # noqa: E731
+    assert names(project["dependencies"]) == {"numpy", "pillow", "tqdm"}
+    extras = project["optional-dependencies"]
+    assert names(extras["cpu"]) == {"onnxruntime"} and names(extras["gpu"]) == {"onnxruntime-gpu"}
+
+
+def test_missing_runtime_is_one_line_naming_the_extras(exported, monkeypatch, capsys):
+    from vitlab_edge import RuntimeMissingError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # any 'import onnxruntime' now raises ImportError
+    with pytest.raises(RuntimeMissingError, match=r"vitlab-edge\[cpu\].*vitlab-edge\[gpu\]"):
+        EdgeModel(exported["fp32"])
+    assert edge_main(["info", str(exported["fp32"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'vitlab-edge[cpu]'" in err[0]
+
+
+def test_edge_model_progress(exported, fmnist_test, capsys):
+    """The bar itself is tested with vitlab's (tests/test_predict.py): the same code. Here: EdgeModel's switch."""
+    model = EdgeModel(exported["fp32"], providers=["CPUExecutionProvider"])
+    assert len(model.predict([fmnist_test[0][0]] * 3, batch_size=2)) == 3
+    assert capsys.readouterr().err == ""  # silent by default
+    assert len(model.predict([fmnist_test[0][0]] * 3, batch_size=2, progress=True)) == 3
+    assert re.fullmatch(r"predict: 3 img in [\d.]+ s \([\d.]+ img/s\)\n", capsys.readouterr().err)  # no terminal

@@ -77,3 +77,139 @@ def test_truncated_jpeg_and_directory_and_bomb(tmp_path):
         read_image(tmp_path / "dir.png")
     with pytest.raises(ImageReadError, match="decompression bomb"):
         read_image(good, max_pixels=1000)
+
+
+def _psd(composite: np.ndarray, layer: np.ndarray) -> bytes:
+    """A minimal PSD (Pillow reads PSD but cannot write it): 8-bit grey or RGB, one raw layer, raw composite."""
+    import struct
+
+    h, w, c = composite.shape
+    planes = [struct.pack(">H", 0) + layer[:, :, k].tobytes() for k in range(c)]
+    extra = struct.pack(">II", 0, 0) + b"\x05layer\x00\x00"  # no mask, no blending ranges, padded Pascal name
+    channels = b"".join(struct.pack(">hI", k, len(p)) for k, p in enumerate(planes))  # id, data length
+    record = (struct.pack(">iiiiH", 0, 0, h, w, c) + channels + b"8BIMnorm" + bytes([255, 0, 0, 0])
+              + struct.pack(">I", len(extra)) + extra)  # bounds, channels, blend mode, opacity, extra data
+    info = struct.pack(">h", 1) + record + b"".join(planes)
+    info += b"\x00" * (len(info) % 2)
+    layers = struct.pack(">I", len(info)) + info + struct.pack(">I", 0)
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, c, h, w, 8, 1 if c == 1 else 3)
+    return (header + struct.pack(">II", 0, 0) + struct.pack(">I", len(layers)) + layers + struct.pack(">H", 0)
+            + composite.transpose(2, 0, 1).tobytes())
+
+
+def write_frame_corpus(root) -> dict:
+    """Multi-frame and read-only formats, each holding a known first frame (or composite) and a different second
+    one: ``{path: (expected HWC uint8, max abs error allowed)}``. Lossless formats must decode exactly."""
+    from PIL import features
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    second = 255 - first
+    four = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255], [250, 250, 250]], np.uint8)  # GIF: palette-exact
+    gif0, gif1 = four[rng.integers(0, 4, (20, 24))], four[rng.integers(0, 4, (20, 24))]
+    xx, yy = np.meshgrid(np.linspace(0, 255, 24), np.linspace(0, 255, 20))
+    smooth = np.dstack([xx, yy, np.full_like(xx, 128)]).astype(np.uint8)  # JPEG (MPO) keeps a gradient closely
+    frames = lambda a, b: (Image.fromarray(a), [Image.fromarray(b)])  # noqa: E731
+    out = {}
+
+    def save(name, pair, expected, tol=0, **kw):
+        img, rest = pair
+        img.save(root / name, save_all=True, append_images=rest, **kw)
+        out[root / name] = (expected, tol)
+
+    save("anim.gif", frames(gif0, gif1), gif0, duration=100, loop=0)
+    save("anim.png", frames(first, second), first)  # APNG
+    save("pages.tiff", frames(first, second), first)
+    if features.check("webp"):
+        save("anim.webp", frames(first, second), first, lossless=True)
+    square = np.ascontiguousarray(first[:16, :16])
+    Image.fromarray(square).save(root / "icon.ico", sizes=[(8, 8), (16, 16)])  # opens at its largest size
+    out[root / "icon.ico"] = (square, 0)
+    save("stereo.mpo", frames(smooth, 255 - smooth), smooth, tol=12, quality=95)
+    (root / "layers.psd").write_bytes(_psd(first, second))
+    (root / "grey.psd").write_bytes(_psd(first[:, :, :1], second[:, :, :1]))
+    out[root / "layers.psd"], out[root / "grey.psd"] = (first, 0), (first[:, :, :1], 0)
+    grey = first[:, :, :1].copy()
+    grey[0, :2, 0] = (0, 255)  # full range: SPIDER stores floats, read back min-max scaled
+    Image.fromarray(grey[:, :, 0]).convert("F").save(root / "single.spider", format="SPIDER")
+    out[root / "single.spider"] = (grey, 0)
+    return out
+
+
+def test_every_frame_format_decodes_its_first_frame(tmp_path):
+    corpus = write_frame_corpus(tmp_path)
+    assert len(corpus) >= 9
+    for path, (expected, tol) in corpus.items():
+        Image.open(path).load()  # Pillow itself reads each one
+        got = read_image(path)
+        assert got.shape == expected.shape, path.name
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        assert diff.max() <= tol, f"{path.name}: max abs diff {diff.max()}"
+
+
+def test_folder_scan_finds_every_pillow_format_and_no_text(tmp_path):
+    from vitlab_edge.imaging import IMAGE_EXTENSIONS
+    from vitlab_edge.sources import expand_inputs
+
+    corpus = write_frame_corpus(tmp_path / "imgs")
+    (tmp_path / "imgs" / "README.txt").write_text("a.png\n")
+    (tmp_path / "imgs" / "notes.pdf").write_bytes(b"%PDF-1.4\n")
+    assert expand_inputs([tmp_path / "imgs"]) == sorted(str(p) for p in corpus)
+    registered = set(Image.registered_extensions())
+    assert set(IMAGE_EXTENSIONS) - {".spider"} <= registered  # every suffix is one Pillow knows
+    assert not {".txt", ".lst", ".pdf", ".json", ".h5"} & set(IMAGE_EXTENSIONS)
+
+
+def test_sources_expand_names_only_at_the_top_level(tmp_path):
+    from vitlab_edge.sources import EmptySourceError, as_inputs, expand_inputs
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(RGB).save(d / name)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two files\nd/a.png\n\nd/b.png\n")
+    assert expand_inputs([listing, str(d / "*.png")]) == [str(d / "a.png"), str(d / "b.png")] * 2
+    assert as_inputs(str(listing)) == [str(d / "a.png"), str(d / "b.png")]  # a single name: expanded
+    assert as_inputs(d) == [str(d / "a.png"), str(d / "b.png")]
+    items = [listing, str(d), RGB]
+    assert as_inputs(items) == items  # list items are inputs, one each
+    assert as_inputs(RGB) == [RGB] and as_inputs(iter([RGB]))[0] is RGB
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank.txt").write_text("# nothing\n")
+    for name, msg in [(str(tmp_path / "*.jpg"), "matches no files"), (tmp_path / "empty", "no image files"),
+                      (tmp_path / "blank.txt", "lists no paths")]:
+        with pytest.raises(EmptySourceError, match=msg):
+            expand_inputs([d, name])
+        with pytest.raises(EmptySourceError, match=msg):
+            as_inputs(name)
+    with pytest.raises(KeyError, match="matches no files"):
+        expand_inputs([str(tmp_path / "*.jpg")], error=KeyError)
+    assert expand_inputs([tmp_path / "missing.png"]) == [str(tmp_path / "missing.png")]  # its own error record
+
+
+def test_in_memory_images_are_treated_like_files(tmp_path):
+    import io
+
+    from vitlab_edge.imaging import to_hwc_uint8
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(RGB).save(buf, "JPEG", exif=exif, quality=95)
+    (tmp_path / "o.jpg").write_bytes(buf.getvalue())
+    in_memory = to_hwc_uint8(Image.open(io.BytesIO(buf.getvalue())))
+    assert in_memory.shape == (16, 12, 3) and np.array_equal(in_memory, read_image(tmp_path / "o.jpg"))
+    with pytest.raises(ImageReadError, match="pixel limit"):
+        to_hwc_uint8(Image.fromarray(RGB), max_pixels=100)
+    broken = Image.open(io.BytesIO(buf.getvalue()[:-100]))  # opens lazily, fails on load
+    with pytest.raises(ImageReadError, match="OSError"):
+        to_hwc_uint8(broken)
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, :, 0], rgba[0, :, 3] = 255, 255  # top row opaque red, bottom row transparent
+    assert to_hwc_uint8(rgba).tolist() == [[[255, 0, 0]] * 2, [[255, 255, 255]] * 2]
+    la = np.array([[[10, 255], [10, 0]]], np.uint8)  # grey + alpha: composited on white like an LA file
+    assert to_hwc_uint8(la).tolist() == [[[10, 10, 10], [255, 255, 255]]]
+    Image.fromarray(la).save(tmp_path / "la.png")
+    assert np.array_equal(to_hwc_uint8(la), read_image(tmp_path / "la.png"))

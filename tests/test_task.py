@@ -50,3 +50,13 @@ def test_test_stage_writes_report(tmp_path):
     rows = (log_dir / "per_class.csv").read_text().splitlines()
     assert rows[0] == "class,precision,recall,f1,support" and len(rows) == 11
     assert sum(int(r.rsplit(",", 1)[1]) for r in rows[1:]) == 256
+
+
+def test_test_without_logger_writes_report_under_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    task = ClassificationTask(**TINY, num_classes=10)
+    _trainer(run).test(task, FashionMNISTDataModule(limit=128, batch_size=128))
+    report = run / "test_report"
+    assert (report / "per_class.csv").is_file() and (report / "confusion_matrix.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing loose in the working directory

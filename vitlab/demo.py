@@ -1,7 +1,8 @@
 """``vitlab demo``: train the demo ViT on Fashion-MNIST within a time budget, test it on the official 10k test
-set, export it to ONNX (fp32 and int8, each verified against torch on the test set), predict a folder of real
-photographs with both the checkpoint and the ONNX model (agreement, JSONL, attention overlays), and print where
-everything went.
+set, export it to ONNX (fp32 and int8, each verified against torch on the test set), predict a folder of image
+files made from Fashion-MNIST test items (assorted sizes, modes and formats, some on photo backgrounds, plus two
+broken files) with both the checkpoint and the ONNX model (accuracy, agreement, error records, JSONL, attention
+overlays), and print where everything went. A step that fails makes the command fail (exit 2) after the summary.
 
 Training runs as ``vitlab fit`` in a child process (its DDP ranks re-launch that command, as with any
 Lightning script); testing runs here on one process, so every test image is counted exactly once.
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> dict:
     summary = {"train_seconds": round(train_s, 1), "wall_seconds_fit": round(wall, 1), "epochs": state["epoch"] + 1,
                "steps": state["global_step"], "checkpoint": str(ckpt), "log_dir": str(log_dir), **metrics}
     summary["export"] = _export(ckpt, out / "export", args.limit or 10000)
-    summary["predict"] = _predict_photos(ckpt, out)
+    summary["predict"] = _predict_items(ckpt, out)
     atomic_write_json(out / "demo_metrics.json", summary)
     nan = float("nan")
     print("\n== vitlab demo ==")
@@ -78,34 +79,55 @@ def main(argv: list[str]) -> dict:
     print(f"{'export report':>26}: {out / 'export' / 'report.json'}")
     p = summary["predict"]
     if "error" in p:
-        print(f"{'batch prediction':>26}: skipped ({p['error']})")
+        print(f"{'batch prediction':>26}: failed ({p['error']})")
     else:
-        print(f"{'batch prediction':>26}: {p['images']} photos, checkpoint vs ONNX top-1 agreement "
-              f"{p['agreement_pct']:.1f}% -> {p['jsonl']}, attention overlays in {p['overlays']}")
+        print(f"{'batch prediction':>26}: {p['images']} files ({p['valid']} Fashion-MNIST items, {p['on_photos']} of "
+              f"them on photos): accuracy {p['accuracy_pct']:.1f}% (checkpoint) / {p['accuracy_onnx_pct']:.1f}% "
+              f"(ONNX), agreement {p['agreement_pct']:.1f}%, {p['errors']} error records -> {p['jsonl']}")
+        print(f"{'attention overlays':>26}: {p['overlays']}")
     print(json.dumps(summary))
+    failed = [f"export {k}: {v['status']}" for k, v in summary["export"].items() if v["status"] != "ok"]
+    failed += [f"batch prediction: {p['error']}"] if "error" in p else []
+    if failed:
+        raise VitlabError(f"demo steps failed: {'; '.join(failed)}")
     return summary
 
 
-def _predict_photos(ckpt: Path, out: Path, n: int = 48) -> dict:
-    """Predict real photographs (scikit-image's, cut and resized) with the checkpoint and the ONNX model."""
-    from vitlab.data.datasets import make_photo_folder
+def _predict_items(ckpt: Path, out: Path, n: int = 48) -> dict:
+    """Predict image files made from Fashion-MNIST test items (what the model knows, as files a user would have:
+    assorted sizes, modes, formats, some on photo backgrounds) plus two broken files, with the checkpoint and the
+    ONNX model: accuracy against the items' labels, agreement, and one error record per broken file."""
+    from vitlab.data.datasets import fashion_mnist_arrays, make_item_files, read_csv_list
     from vitlab.inference import Predictor
     from vitlab.inference.writers import write_records
+    from vitlab.models.classify import FMNIST_LABELS
 
     onnx_path = out / "export" / "model.onnx"
+    if not onnx_path.is_file():
+        return {"error": "no exported fp32 model"}
     try:
-        photos = make_photo_folder(out / "photos", n=n)
+        labels_csv = make_item_files(out / "items", *fashion_mnist_arrays("test"), FMNIST_LABELS, n=n)
     except VitlabError as e:
         return {"error": str(e)}
-    if not onnx_path.is_file():
-        return {"error": "no exported model"}
+    files, targets, classes = read_csv_list(labels_csv, FMNIST_LABELS)
+    broken = [out / "items" / "broken_truncated.jpg", out / "items" / "broken_not_an_image.png"]
+    broken[0].write_bytes(Path(files[1]).read_bytes()[:200])  # a JPEG cut short
+    broken[1].write_text("this is not an image\n")
+    inputs = files + [str(b) for b in broken]
     checkpoint = Predictor.load(ckpt)
-    torch_preds = checkpoint.predict(photos, num_workers=0)
-    onnx_preds = Predictor.load(onnx_path).predict(photos, num_workers=0)
+    torch_preds = checkpoint.predict(inputs, num_workers=0)
+    onnx_preds = Predictor.load(onnx_path).predict(inputs, num_workers=0)
     write_records((p.to_dict() for p in onnx_preds), out / "predictions.jsonl")
-    checkpoint.explain(photos[:6], out / "overlays", num_workers=0)
+    checkpoint.explain(files[:6], out / "overlays", num_workers=0)
+
+    def accuracy(preds) -> float:
+        return 100 * sum(p.class_id == t for p, t in zip(preds, targets)) / len(targets)
+
+    on_photos = sum(Path(f).stem.endswith("_on_photo") for f in files)
     same = sum(a.class_id == b.class_id for a, b in zip(torch_preds, onnx_preds))
-    return {"images": len(photos), "agreement_pct": 100 * same / len(photos),
+    return {"images": len(inputs), "valid": len(files), "on_photos": on_photos,
+            "accuracy_pct": accuracy(torch_preds), "accuracy_onnx_pct": accuracy(onnx_preds),
+            "agreement_pct": 100 * same / len(inputs), "errors": sum(p.error is not None for p in onnx_preds),
             "jsonl": str(out / "predictions.jsonl"), "overlays": str(out / "overlays")}
 
 

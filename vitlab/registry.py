@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,13 @@ BACKBONE_OPTIONS = ("img_size", "patch_size", "in_chans", "drop_path_rate", "dro
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What ``create_*`` needs: the timm architecture to build, its arguments, and the preprocessing."""
+    """What ``create_*`` needs: the timm architecture to build, its arguments, the preprocessing, and the weights
+    that come with it (a Hugging Face folder's own), loaded unless ``pretrained`` says otherwise."""
 
     arch: str
     kwargs: dict[str, Any]
     preprocess: PreprocessCfg
+    weights: str | None = None
 
 
 _MODELS: dict[str, Callable[[], ModelSpec]] = {}
@@ -89,21 +92,29 @@ def _with_geometry(pre: PreprocessCfg, kwargs: dict[str, Any]) -> PreprocessCfg:
     return pre.replace(input_size=(chans, h, w), mean=mean, std=std)
 
 
-def resolve(name: str, options: dict[str, Any] | None = None) -> ModelSpec:
-    """Name + user options -> the timm arch, merged arguments and preprocessing. Errors name the bad key."""
-    options = dict(options or {})
+def _with_options(spec: ModelSpec, options: dict[str, Any]) -> ModelSpec:
+    kwargs = {**spec.kwargs, **options}
+    return ModelSpec(spec.arch, kwargs, _with_geometry(spec.preprocess, kwargs), spec.weights)
+
+
+def resolve(name: str | os.PathLike, options: dict[str, Any] | None = None) -> ModelSpec:
+    """Name (or Hugging Face folder) + user options -> the timm arch, merged arguments and preprocessing. Errors
+    name the bad key."""
+    name, options = os.fspath(name), dict(options or {})
     unknown = sorted(set(options) - set(BACKBONE_OPTIONS))
     if unknown:
         raise VitlabError(f"model option {unknown[0]!r} is not supported; "
                           f"supported options: {', '.join(BACKBONE_OPTIONS)}")
     _ensure_variants()
     if name in _MODELS:
-        spec = _MODELS[name]()
-        kwargs = {**spec.kwargs, **options}
-        return ModelSpec(spec.arch, kwargs, _with_geometry(spec.preprocess, kwargs))
+        return _with_options(_MODELS[name](), options)
     timm_names = _timm_vit_names()
     if name.split(".")[0] in timm_names:  # plain arch or arch.pretrained_tag (timm's naming)
         return ModelSpec(name, options, _timm_preprocess(name, options))
+    if os.path.isdir(name) or os.sep in name or "/" in name:
+        from vitlab.models.hf import hf_model_spec
+
+        return _with_options(hf_model_spec(name), options)
     import timm
 
     if timm.is_model(name):

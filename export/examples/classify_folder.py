@@ -1,6 +1,6 @@
 """A minimal edge app: classify every image in a folder with an exported vitlab model, print a tally.
 
-    pip install ./export
+    pip install './export[cpu]'      # or './export[gpu]' on a machine with an NVIDIA GPU
     python export/examples/classify_folder.py model.onnx photos/ --min-prob 0.5
 """
 
@@ -8,7 +8,6 @@ import argparse
 from collections import Counter
 
 from vitlab_edge import EdgeModel
-from vitlab_edge.sources import expand_inputs
 
 
 def main() -> None:
@@ -20,7 +19,7 @@ def main() -> None:
     model = EdgeModel(args.model)
     print(f"{model.metadata['backbone']} ({model.metadata['precision']}) on {model.providers[0]}")
     tally = Counter()
-    for rec in model.stream(expand_inputs([args.folder]), batch_size=16, topk=1):
+    for rec in model.stream(args.folder, batch_size=16, topk=1, progress=True):  # a folder with no image raises
         if rec["error"]:
             print(f"skipped {rec['source']}: {rec['error']}")
             tally["<unreadable>"] += 1

@@ -1,6 +1,6 @@
 """``vitlab-edge``: run an exported vitlab model over images without torch.
 
-    vitlab-edge predict model.onnx photos/ extra.jpg --out preds.jsonl
+    vitlab-edge predict model.onnx photos/ 'more/**/*.jpg' list.txt --out preds.jsonl   # or preds.csv
     vitlab-edge info model.onnx
 """
 
@@ -10,26 +10,37 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from vitlab_edge.files import write_jsonl
+from vitlab_edge.files import OUTPUT_FORMATS, write_records
 from vitlab_edge.metadata import ModelFormatError
 from vitlab_edge.model import EdgeModel
-from vitlab_edge.sources import expand_inputs
+from vitlab_edge.session import RuntimeMissingError
+from vitlab_edge.sources import EmptySourceError, expand_inputs
+
+USER_ERRORS = (ModelFormatError, EmptySourceError, RuntimeMissingError)  # printed as one line, exit status 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vitlab-edge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    pred = sub.add_parser("predict", help="predict images, one JSON record per input")
+    pred = sub.add_parser("predict", help="predict images, one record per input, in input order")
     pred.add_argument("model")
     pred.add_argument("images", nargs="+", help="image files, folders (searched recursively), globs, .txt lists")
-    pred.add_argument("--out", required=True, help="JSONL output (written atomically)")
+    pred.add_argument("--out", required=True, help="a .jsonl or .csv file (written atomically)")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--topk", type=int, default=5)
     pred.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
     info = sub.add_parser("info", help="print the model's metadata and the providers granted")
     info.add_argument("model")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
+    if args.command == "predict" and Path(args.out).suffix not in OUTPUT_FORMATS:
+        ap.error(f"--out {args.out}: use a .jsonl or .csv file name")
     logging.basicConfig(level=logging.INFO, format="vitlab-edge: %(message)s")
     try:
         providers = args.providers.split(",") if getattr(args, "providers", None) else None
@@ -37,21 +48,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             print(json.dumps({"providers": model.providers, **model.metadata}, indent=2))
             return 0
-        files = expand_inputs(args.images)
-        errors = 0
-
-        def counted():
-            nonlocal errors
-            for rec in model.stream(files, batch_size=args.batch_size, topk=args.topk):
-                errors += rec["error"] is not None
-                yield rec
-
-        n = write_jsonl(counted(), args.out)
-        print(f"vitlab-edge: {n} records ({errors} errors) -> {args.out} [{', '.join(model.providers)}]")
-        return 0
-    except ModelFormatError as e:
+        return predict(model, expand_inputs(args.images), args)
+    except USER_ERRORS as e:
         print(f"vitlab-edge: error: {e}", file=sys.stderr)
         return 2
+
+
+def predict(model: EdgeModel, files: list[str], args: argparse.Namespace) -> int:
+    """Write one record per file to ``args.out``, with a progress bar when stderr is a terminal; a summary line."""
+    errors = 0
+
+    def counted():
+        nonlocal errors
+        for rec in model.stream(files, batch_size=args.batch_size, topk=args.topk, progress=None):
+            errors += rec["error"] is not None
+            yield rec
+
+    n = write_records(counted(), args.out)
+    print(f"vitlab-edge: {n} records ({errors} errors) -> {args.out} [{', '.join(model.providers)}]")
+    return 0
 
 
 if __name__ == "__main__":

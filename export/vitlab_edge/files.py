@@ -1,7 +1,9 @@
-"""Atomic file writes: write beside the target, fsync, then rename, so readers never see half a file."""
+"""Atomic file writes (write beside the target, fsync, then rename, so readers never see half a file) and the
+record writers vitlab and the edge kit share: JSONL and CSV, one record per line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -15,6 +17,9 @@ def _default_mode() -> int:
     os.umask(umask)
     return 0o666 & ~umask
 
+
+OUTPUT_FORMATS = (".jsonl", ".csv")
+CSV_FIELDS = ("index", "source", "label", "class_id", "prob", "topk", "error")  # topk as a JSON list
 
 _MODE = _default_mode()  # mkstemp creates 0600 files; finished files get the usual permissions
 
@@ -51,3 +56,28 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> i
 
     atomic_write(path, write)
     return n
+
+
+def write_csv(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
+    """One CSV row per record (``CSV_FIELDS``, ``topk`` as JSON text), written atomically; the count."""
+    n = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for rec in records:
+                w.writerow({**rec, "topk": json.dumps(rec.get("topk", []))})
+                n += 1
+
+    atomic_write(path, write)
+    return n
+
+
+def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
+    """JSONL or CSV by the name's suffix (``OUTPUT_FORMATS``; another raises ValueError); the count."""
+    suffix = Path(path).suffix
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path}: use a .jsonl or .csv file name")
+    return (write_jsonl if suffix == ".jsonl" else write_csv)(records, path)

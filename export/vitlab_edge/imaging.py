@@ -15,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# Folder scans pick files by these suffixes: the raster formats Pillow decodes by itself, by the extensions it
+# registers (plus .spider, which SPIDER does not register). Left out: what Pillow only writes (.pdf, .palm) or only
+# identifies (.mpeg), what needs an outside program or handler (.eps/.ps: Ghostscript; .wmf/.emf: Windows;
+# .h5/.hdf, .bufr, .grib: stubs), IPTC blocks (.iim) and .fit (also Garmin activity files). A file named directly
+# is read whatever its suffix.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".mpo", ".avif", ".avifs", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx",
+    ".psd", ".ico", ".cur", ".icns", ".tga", ".icb", ".vda", ".vst", ".qoi", ".pcx", ".dcx", ".sgi", ".rgb", ".rgba",
+    ".bw", ".dds", ".blp", ".spider", ".xbm", ".xpm", ".ras", ".msp", ".im", ".pxr", ".fli", ".flc", ".gbr", ".ftc",
+    ".ftu", ".fits", ".pcd",
+)
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit; configurable per call
 RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
@@ -66,7 +77,7 @@ def pil_to_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"))[:, :, None]
     if img.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
-        rgba = img.convert("RGBA")
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")  # Pillow has no La -> RGBA
         canvas = Image.new("RGB", rgba.size, background)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return np.asarray(canvas)
@@ -74,8 +85,12 @@ def pil_to_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode ``path`` to HWC uint8 (1 or 3 channels), EXIF orientation applied; raises ImageReadError."""
-    from PIL import Image, ImageOps
+    """Decode ``path`` to HWC uint8 (1 or 3 channels), EXIF orientation applied; raises ImageReadError.
+
+    The frame Pillow opens is the one decoded: a multi-frame file's first frame (GIF, APNG, TIFF pages, WebP
+    animation, MPO), a PSD's composite, an ICO's largest size. Seeking is left to Pillow, because formats
+    differ in what frame 0 means (PSD numbers its layers from 1; SPIDER refuses to seek outside a stack)."""
+    from PIL import Image
 
     p = Path(path)
     if p.is_dir():
@@ -84,29 +99,60 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         if p.stat().st_size == 0:
             raise ImageReadError(p, "empty file")
         with Image.open(p) as img:
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageReadError(p, f"{w}x{h} exceeds the pixel limit {max_pixels} (decompression bomb guard)")
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return pil_to_array(img)
+            return decode_pil(img, max_pixels, p)
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for bad data: UnidentifiedImageError, OSError, SyntaxError, ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageReadError(p, f"{type(e).__name__}: {reason}") from None
+        raise ImageReadError(p, _reason(e)) from None
+
+
+def decode_pil(img, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | os.PathLike | None = None
+               ) -> np.ndarray:
+    """An opened PIL image (from a file or in memory) -> HWC uint8: the pixel-limit check, its current frame
+    loaded, EXIF orientation applied, the mode converted (``pil_to_array``). Raises ImageReadError."""
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageReadError(source, f"{w}x{h} exceeds the pixel limit {max_pixels} (decompression bomb guard)")
+    try:
+        img.load()
+    except Exception as e:  # a lazily opened image whose data is truncated or corrupt
+        raise ImageReadError(source, _reason(e)) from None
+    return pil_to_array(_upright(img))
+
+
+def _upright(img):
+    """EXIF orientation applied; a damaged EXIF block leaves the pixels as stored rather than losing the image."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - orientation is a hint; the decoded pixels are still good
+        return img
+
+
+def _reason(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def to_hwc_uint8(item, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A path, PIL image or HW/HWC uint8 array -> HWC uint8; anything else raises ImageReadError."""
+    """A path, PIL image or HW/HWC uint8 array -> HWC uint8; anything else raises ImageReadError.
+
+    In-memory PIL images are treated like files (pixel limit, EXIF orientation, a failed load becomes an
+    ImageReadError). Arrays are taken as pixels: 1 channel grey, 3 RGB, 2 grey + alpha (LA) and 4 RGBA, alpha
+    composited on white like a transparent file; other channel counts pass through (``to_layout`` keeps the first
+    planes)."""
     if isinstance(item, (str, os.PathLike)):
         return read_image(item, max_pixels)
     if is_pil_image(item):
-        return pil_to_array(item)
+        return decode_pil(item, max_pixels)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or 0 in item.shape:
             raise ImageReadError(None, f"arrays must be HWC or HW uint8, got {item.dtype} {list(item.shape)}")
+        if item.ndim == 3 and item.shape[2] in (2, 4):
+            from PIL import Image
+
+            return pil_to_array(Image.fromarray(np.ascontiguousarray(item)))  # uint8 x2 -> LA, x4 -> RGBA
         return item if item.ndim == 3 else item[:, :, None]
     raise ImageReadError(None, f"cannot read an input of type {type(item).__name__}")
 

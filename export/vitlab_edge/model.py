@@ -1,4 +1,4 @@
-"""EdgeModel: a vitlab ONNX model served with ONNX Runtime, numpy and Pillow only.
+"""EdgeModel: a vitlab ONNX model served with ONNX Runtime, numpy, Pillow and tqdm only.
 
     model = EdgeModel("model.onnx")
     records = model.predict(["shoe.jpg", pil_image, hwc_uint8_array], topk=3)
@@ -18,8 +18,9 @@ import numpy as np
 
 from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, resize, to_hwc_uint8, to_layout
 from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
-from vitlab_edge.session import create_session
-from vitlab_edge.sources import expand_inputs
+from vitlab_edge.progress import Progress
+from vitlab_edge.session import RuntimeMissingError, create_session
+from vitlab_edge.sources import iter_inputs
 
 
 class EdgeModel:
@@ -32,6 +33,8 @@ class EdgeModel:
             raise ModelFormatError(f"{self.path}: no such model file")
         try:
             self.session = create_session(self.path, providers, session_options)
+        except RuntimeMissingError:
+            raise
         except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from onnxruntime
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelFormatError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
@@ -72,23 +75,34 @@ class EdgeModel:
         names = outputs or [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, {self.metadata["inputs"][0]: batch})))
 
-    def predict(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5) -> list[dict[str, Any]]:
-        """One record per input, in order; see the module docstring."""
-        return list(self.stream(images, batch_size=batch_size, topk=topk))
+    def predict(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5,
+                progress: bool | None = False) -> list[dict[str, Any]]:
+        """One record per input, in order; see the module docstring and ``stream``."""
+        return list(self.stream(images, batch_size=batch_size, topk=topk, progress=progress))
 
-    def stream(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5) -> Iterator[dict[str, Any]]:
-        """``predict`` as a generator: batches are decoded, run and yielded one at a time."""
-        images = expand_inputs(images)  # folders, globs and .txt lists become their files
-        chunk: list[tuple[int, Any]] = []
-        for i, image in enumerate(images):
-            chunk.append((i, image))
-            if len(chunk) == batch_size:
-                yield from self._predict_chunk(chunk, topk)
-                chunk = []
-        if chunk:
-            yield from self._predict_chunk(chunk, topk)
+    def stream(self, images: Iterable[Any] | Any, batch_size: int = 32, topk: int = 5,
+               progress: bool | None = False) -> Iterator[dict[str, Any]]:
+        """``predict`` as a generator: batches are decoded, run and yielded one at a time.
 
-    def _predict_chunk(self, chunk: list[tuple[int, Any]], topk: int) -> list[dict[str, Any]]:
+        ``images``: one str/path names a file, folder, glob or .txt/.lst list (expanded; one that names nothing
+        raises ``EmptySourceError``); a list or other iterable holds the inputs themselves, one record each.
+        ``progress``: True: a bar on stderr (count, rate, ETA) on a terminal, one summary line otherwise; None: the
+        bar on a terminal, silence otherwise (the CLI's choice); False: silent."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        images = iter_inputs(images)
+        total = len(images) if hasattr(images, "__len__") else None
+        with Progress(total, "predict", progress=progress) as bar:
+            chunk: list[tuple[int, Any]] = []
+            for i, image in enumerate(images):
+                chunk.append((i, image))
+                if len(chunk) == batch_size:
+                    yield from self._predict_chunk(chunk, topk, bar)
+                    chunk = []
+            if chunk:
+                yield from self._predict_chunk(chunk, topk, bar)
+
+    def _predict_chunk(self, chunk: list[tuple[int, Any]], topk: int, bar: Progress) -> list[dict[str, Any]]:
         records, ready, arrays = [], [], []
         for i, image in chunk:
             rec = {"index": i, "source": describe_input(image, i), "label": None, "class_id": None, "prob": None,
@@ -98,12 +112,15 @@ class EdgeModel:
                 ready.append(rec)
             except ImageReadError as e:
                 rec["error"] = e.reason
+            except Exception as e:  # noqa: BLE001 - never stop the batch (as vitlab's Predictor does)
+                rec["error"] = f"{type(e).__name__}: {e}"
             records.append(rec)
         if arrays:
             name = self.metadata["outputs"][0]
             probs = self.run(np.stack(arrays), [name])[name]  # [N, C]
             for rec, p in zip(ready, probs):
                 rec.update(topk_record(p, self.labels, topk))
+        bar.update(len(records))
         return records
 
 

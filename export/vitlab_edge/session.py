@@ -1,5 +1,10 @@
 """ONNX Runtime sessions: ask for CUDA then CPU, report what was granted, and say once (one line) when CUDA is
-not there instead of letting ONNX Runtime print its library-loading errors."""
+not there instead of letting ONNX Runtime print its library-loading errors.
+
+ONNX Runtime comes from an extra, ``vitlab-edge[cpu]`` (``onnxruntime``) or ``vitlab-edge[gpu]``
+(``onnxruntime-gpu``): both wheels install the same ``onnxruntime`` module, so the base package names neither
+and a missing runtime is one clear error here, when a session is first needed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,21 @@ from typing import Any
 
 log = logging.getLogger("vitlab_edge")
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class RuntimeMissingError(ImportError):
+    """No ``onnxruntime`` module: the kit was installed without the ``[cpu]`` or ``[gpu]`` extra."""
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or a RuntimeMissingError that says which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RuntimeMissingError(
+            f"ONNX Runtime is not installed ({e}): pip install 'vitlab-edge[cpu]' for CPU-only machines, or "
+            "'vitlab-edge[gpu]' for NVIDIA GPUs (CUDA); not both") from None
+    return onnxruntime
 
 
 @functools.cache
@@ -25,7 +45,7 @@ def cuda_driver_present() -> bool:
 
 def resolve_providers(requested: list[str] | tuple[str, ...] | None = None) -> list[str]:
     """``requested`` (default CUDA, CPU) minus what this machine cannot run, with one info line for CUDA."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     requested = list(requested or DEFAULT_PROVIDERS)
     available = set(ort.get_available_providers())
@@ -44,14 +64,16 @@ def resolve_providers(requested: list[str] | tuple[str, ...] | None = None) -> l
 
 @functools.cache
 def _say_no_cuda(built_with_cuda: bool) -> None:
+    """Once per process; a CPU-only build (the ``[cpu]`` extra) was a choice, so it is said at debug level only."""
     why = "no NVIDIA driver found" if built_with_cuda else "this onnxruntime build has no CUDA provider"
-    log.info("CUDA execution provider not used (%s); running on CPU", why)
+    log.log(logging.INFO if built_with_cuda else logging.DEBUG, "CUDA execution provider not used (%s); running on "
+            "CPU", why)
 
 
 def create_session(path: str | os.PathLike, providers: list[str] | tuple[str, ...] | None = None,
                    options: Any | None = None):
     """An InferenceSession on the best granted providers; ``session.get_providers()`` says which."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     chosen = resolve_providers(providers)
     if any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in chosen):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -57,17 +56,32 @@ def collate(samples: list) -> dict[str, Any]:
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Shared loader logic: deterministic train/val split, augment pipeline, workers. Subclasses provide data."""
+    """Shared loader logic: deterministic train/val split, augment pipeline, workers. Subclasses provide data and
+    set ``class_names`` in their constructor.
 
-    def __init__(self, class_names: Sequence[str], batch_size: int = 128, eval_batch_size: int | None = None,
-                 num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
-                 train_augment: str | os.PathLike | None = None, preprocess: PreprocessCfg | None = None) -> None:
+    Without a test split, ``test`` and ``predict`` use the validation split (``val_dir``/``val_csv``, or the
+    ``val_fraction`` held out of the training data) and say so once.
+    """
+
+    def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
+                 val_fraction: float = 0.1, seed: int = 0, train_augment: str | os.PathLike | None = None,
+                 preprocess: PreprocessCfg | None = None) -> None:
+        """
+        Args:
+            batch_size: training batch per process (the global batch is ``batch_size x devices x num_nodes``).
+            eval_batch_size: validation / test / predict batch (default: ``batch_size``).
+            num_workers: DataLoader worker processes.
+            val_fraction: share of the training data held out for validation when no validation split is given.
+            seed: the held-out split's seed.
+            train_augment: an Albumentations pipeline YAML (``configs/augment/*.yaml``), validated now.
+            preprocess: the model's PreprocessCfg; by default taken from the task the Trainer runs.
+        """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise VitlabError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
             raise VitlabError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.class_names = list(class_names)
+        self.class_names: list[str] = []
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
         self.augment = load_pipeline(train_augment) if train_augment else None  # validated now, at config time
@@ -99,21 +113,31 @@ class ClassificationDataModule(L.LightningDataModule):
                               "or pass preprocess=model.preprocess")
         return self.preprocess
 
+    def _train_val(self) -> tuple[Dataset, Dataset]:
+        """The training pool and the validation set: ``val_set()``, else ``val_fraction`` held out by seed."""
+        pool, val = self.train_pool(), self.val_set()
+        if val is None:
+            order = np.random.default_rng(self.seed).permutation(len(pool))  # type: ignore[arg-type]
+            n_val = int(round(len(order) * self.val_fraction))
+            val, pool = Subset(pool, order[:n_val].tolist()), Subset(pool, np.sort(order[n_val:]).tolist())
+        return pool, val
+
     def setup(self, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
         pre = self._resolve_preprocess()
         plain = make_sample_transform(pre)
         if stage in ("fit", "validate"):
-            pool, val = self.train_pool(), self.val_set()
-            if val is None:
-                order = np.random.default_rng(self.seed).permutation(len(pool))  # type: ignore[arg-type]
-                n_val = int(round(len(order) * self.val_fraction))
-                val, pool = Subset(pool, order[:n_val].tolist()), Subset(pool, np.sort(order[n_val:]).tolist())
+            pool, val = self._train_val()
             self._sets["train"] = TransformedDataset(pool, make_sample_transform(pre, self.augment))
             self._sets["val"] = TransformedDataset(val, plain)
         if stage in ("test", "predict"):
             test = self.test_set()
             if test is None:
-                raise VitlabError(f"{type(self).__name__} has no test split configured")
+                test = self._train_val()[1]
+                if not len(test):  # type: ignore[arg-type]
+                    raise VitlabError(f"{type(self).__name__} has no test or validation split for {stage}: give a "
+                                      "test folder / CSV, or set data.init_args.val_fraction > 0")
+                log.warning("%s has no test split: %s runs on the validation split", type(self).__name__, stage)
             self._sets["test"] = TransformedDataset(test, plain)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -144,7 +168,8 @@ class FashionMNISTDataModule(ClassificationDataModule):
 
     def __init__(self, data_dir: str | None = None, download: bool = False, limit: int | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(class_names=FMNIST_LABELS, **kwargs)
+        super().__init__(**kwargs)
+        self.class_names = list(FMNIST_LABELS)
         self.data_dir, self.download, self.limit = data_dir, download, limit
         fashion_mnist_root(data_dir, download)  # fail at config time when the data is missing
 
@@ -161,10 +186,15 @@ class FashionMNISTDataModule(ClassificationDataModule):
 
 
 class _FileListDataModule(ClassificationDataModule):
-    """Train/val/test as (files, labels, class names) triples read at construction."""
+    """Train/val/test as (files, labels, class names) triples read at construction (``_use_lists``).
 
-    def __init__(self, train, val, test, on_bad_image: str, **kwargs: Any) -> None:
-        super().__init__(class_names=train[2], **kwargs)
+    Subclasses call ``super().__init__(**kwargs)`` and then ``_use_lists``: LightningCLI follows ``**kwargs`` to
+    the base class, so every constructor shows only real options in ``--help`` and ``--print_config``."""
+
+    def _use_lists(self, train, val, test, on_bad_image: str) -> None:
+        if on_bad_image not in ("skip", "raise"):
+            raise VitlabError(f"data.on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}")
+        self.class_names = list(train[2])
         for name, split in (("val", val), ("test", test)):
             if split is not None and split[2] != self.class_names:
                 raise VitlabError(f"{name} classes {split[2]} differ from the training classes {self.class_names}")
@@ -186,19 +216,38 @@ class _FileListDataModule(ClassificationDataModule):
 
 
 class ImageFolderDataModule(_FileListDataModule):
-    """``train_dir/<class>/<image>`` (torchvision layout); optional separate ``val_dir`` / ``test_dir``."""
+    """Your own images as ``train_dir/<class>/<image>`` (torchvision's layout), optional val/test folders."""
 
     def __init__(self, train_dir: str, val_dir: str | None = None, test_dir: str | None = None,
                  on_bad_image: str = "skip", **kwargs: Any) -> None:
-        scan = [scan_image_folder(d) if d else None for d in (train_dir, val_dir, test_dir)]
-        super().__init__(*scan, on_bad_image=on_bad_image, **kwargs)
+        """
+        Args:
+            train_dir: the training images, one sub-folder per class.
+            val_dir: validation images (default: ``val_fraction`` of ``train_dir`` held out).
+            test_dir: test images (default: ``test`` runs on the validation split).
+            on_bad_image: ``skip`` (count and warn) or ``raise`` for unreadable files.
+        """
+        super().__init__(**kwargs)
+        self._use_lists(*(scan_image_folder(d) if d else None for d in (train_dir, val_dir, test_dir)),
+                        on_bad_image=on_bad_image)
 
 
 class CSVDataModule(_FileListDataModule):
-    """CSV lists with columns ``path,label`` (label = class name) for train, and optionally val / test."""
+    """Your own images listed in CSV files with columns ``path,label`` (label: the class name).
+
+    Relative paths resolve against the CSV's folder."""
 
     def __init__(self, train_csv: str, val_csv: str | None = None, test_csv: str | None = None,
                  class_names: list[str] | None = None, on_bad_image: str = "skip", **kwargs: Any) -> None:
+        """
+        Args:
+            train_csv: the training list.
+            val_csv: validation list (default: ``val_fraction`` of ``train_csv`` held out).
+            test_csv: test list (default: ``test`` runs on the validation split).
+            class_names: class order (default: the training labels, sorted).
+            on_bad_image: ``skip`` (count and warn) or ``raise`` for unreadable files.
+        """
+        super().__init__(**kwargs)
         train = read_csv_list(train_csv, class_names)
-        rest = [read_csv_list(c, train[2]) if c else None for c in (val_csv, test_csv)]
-        super().__init__(train, *rest, on_bad_image=on_bad_image, **kwargs)
+        self._use_lists(train, *(read_csv_list(c, train[2]) if c else None for c in (val_csv, test_csv)),
+                        on_bad_image=on_bad_image)

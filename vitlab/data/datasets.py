@@ -177,23 +177,29 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohist
                   "grass", "gravel")
 
 
-def make_photo_folder(out: str | os.PathLike, n: int = 2000, min_side: int = 96, max_side: int = 800,
-                      seed: int = 0) -> list[str]:
-    """``n`` JPEGs of mixed sizes cut from scikit-image's bundled photographs (random crops, scales and flips):
-    a real-photo corpus for demos and benchmarks. Existing files are reused; returns the paths, sorted."""
+def skimage_photos() -> list[np.ndarray]:
+    """scikit-image's bundled photographs as HWC uint8 RGB arrays (grey ones repeated to 3 channels)."""
     try:
         import skimage.data
     except ImportError:
         raise VitlabError("sample photos need scikit-image: pip install 'vitlab[demo]'") from None
-    from PIL import Image
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     photos = []
     for name in SKIMAGE_PHOTOS:
         a = getattr(skimage.data, name)()
         a = a[0] if isinstance(a, tuple) else a  # stereo pairs: the left view
-        photos.append(a if a.ndim == 3 else np.repeat(a[:, :, None], 3, 2))
+        photos.append(np.ascontiguousarray(a[:, :, :3] if a.ndim == 3 else np.repeat(a[:, :, None], 3, 2)))
+    return photos
+
+
+def make_photo_folder(out: str | os.PathLike, n: int = 2000, min_side: int = 96, max_side: int = 800,
+                      seed: int = 0) -> list[str]:
+    """``n`` JPEGs of mixed sizes cut from scikit-image's bundled photographs (random crops, scales and flips):
+    a real-photo corpus for demos and benchmarks. Existing files are reused; returns the paths, sorted."""
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = skimage_photos()
     paths = []
     for i in range(n):
         path = out / f"photo_{i:05d}.jpg"
@@ -201,11 +207,7 @@ def make_photo_folder(out: str | os.PathLike, n: int = 2000, min_side: int = 96,
         if path.exists():
             continue
         rng = np.random.default_rng([seed, i])  # per image: the same file whichever ones already exist
-        src = photos[i % len(photos)]
-        h, w = src.shape[:2]
-        ch, cw = rng.integers(h // 2, h + 1), rng.integers(w // 2, w + 1)
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = Image.fromarray(np.ascontiguousarray(src[top:top + ch, left:left + cw, :3]))
+        crop = Image.fromarray(_random_crop(photos[i % len(photos)], rng))
         side = int(rng.integers(min_side, max_side + 1))
         scale = side / max(crop.size)
         crop = crop.resize((max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale))),
@@ -215,3 +217,63 @@ def make_photo_folder(out: str | os.PathLike, n: int = 2000, min_side: int = 96,
         quality = int(rng.integers(70, 95))
         atomic_write(path, lambda p, im=crop, q=quality: im.save(p, format="JPEG", quality=q))
     return paths
+
+
+def _random_crop(photo: np.ndarray, rng: np.random.Generator, min_frac: float = 0.5) -> np.ndarray:
+    """A random crop of at least ``min_frac`` of each side."""
+    h, w = photo.shape[:2]
+    ch, cw = rng.integers(int(h * min_frac), h + 1), rng.integers(int(w * min_frac), w + 1)
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return np.ascontiguousarray(photo[top:top + ch, left:left + cw])
+
+
+# (PIL mode, format, suffix) for the image files make_item_files writes, in rotation
+_ITEM_FORMATS = (("L", "PNG", ".png"), ("RGB", "JPEG", ".jpg"), ("RGBA", "PNG", ".png"), ("P", "GIF", ".gif"),
+                 ("L", "BMP", ".bmp"), ("RGB", "WEBP", ".webp"), ("I;16", "TIFF", ".tif"), ("RGB", "PNG", ".png"))
+
+
+def make_item_files(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                    n: int = 48, on_photos: float = 0.25, seed: int = 0) -> Path:
+    """``n`` Fashion-MNIST-style items written as real image files, the kind of folder a user predicts: sizes
+    28-224 px, PIL modes L / RGB / RGBA / P / 16-bit, formats PNG / JPEG / GIF / BMP / WebP / TIFF, and a share
+    ``on_photos`` of them composited onto darkened crops of real photographs (the item's pixels as alpha).
+
+    Writes ``out/labels.csv`` (``path,label``, the CSVDataModule format) and returns its path; files on photos are
+    named ``item_KKK_on_photo.*``. Items are drawn
+    from ``images`` / ``labels`` (grey ``[N, 28, 28]``) deterministically by ``seed``."""
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = skimage_photos() if on_photos > 0 else []
+    rows = ["path,label"]
+    for k, i in enumerate(rng.choice(len(labels), size=n, replace=False)):
+        mode, fmt, suffix = _ITEM_FORMATS[k % len(_ITEM_FORMATS)]
+        side = int(rng.integers(28, 225))
+        grey = np.asarray(Image.fromarray(images[i]).resize((side, side), Image.Resampling.BICUBIC))
+        rgb = np.repeat(grey[:, :, None], 3, 2)
+        on_photo = bool(photos) and rng.random() < on_photos
+        if on_photo:  # the item over a dark photo: Fashion-MNIST's black background, textured
+            bg = np.asarray(Image.fromarray(_random_crop(photos[int(rng.integers(len(photos)))], rng))
+                            .resize((side, side), Image.Resampling.BILINEAR)).astype(np.float32) * 0.3
+            alpha = grey[:, :, None].astype(np.float32) / 255.0
+            rgb = np.clip(alpha * rgb + (1 - alpha) * bg + 0.5, 0, 255).astype(np.uint8)
+        image = _as_mode(rgb, mode)
+        name = f"item_{k:03d}{'_on_photo' if on_photo else ''}{suffix}"
+        atomic_write(out / name, lambda p, im=image, f=fmt: im.save(p, format=f))
+        rows.append(f"{name},{class_names[int(labels[i])]}")
+    atomic_write(out / "labels.csv", lambda p: Path(p).write_text("\n".join(rows) + "\n", encoding="utf-8"))
+    return out / "labels.csv"
+
+
+def _as_mode(rgb: np.ndarray, mode: str):
+    """An RGB uint8 array as a PIL image in ``mode`` (RGBA opaque: readers composite transparency on white)."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+    if mode == "P":
+        return image.convert("P", palette=Image.Palette.ADAPTIVE)
+    return image.convert(mode)

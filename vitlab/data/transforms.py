@@ -25,12 +25,18 @@ def _names(t) -> list[str]:
 
 
 def _without_p(node) -> str | None:
-    """The first non-Compose transform in a serialised spec that lacks ``p``."""
+    """The first transform in a serialised spec without an explicit ``p``. The top-level ``Compose`` defaults to
+    1.0 and is exempt; nested containers (``OneOf``, ``SomeOf``, ``Sequential``, ...) default to 0.5 like any
+    transform, so they are checked too."""
     if not isinstance(node, dict):
         return None
-    children = node.get("transforms")
-    if children is None and "p" not in node:
+    if "p" not in node:
         return str(node.get("__class_fullname__", "a transform"))
+    return next((m for c in node.get("transforms") or [] if (m := _without_p(c))), None)
+
+
+def _first_without_p(root) -> str | None:
+    children = root.get("transforms") if isinstance(root, dict) else None
     return next((m for c in children or [] if (m := _without_p(c))), None)
 
 
@@ -48,7 +54,7 @@ def load_pipeline(path: str | os.PathLike):
         raise VitlabError(f"augment pipeline {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(spec, dict) or "transform" not in spec:
         raise VitlabError(f"augment pipeline {path}: expected a mapping with a 'transform' key (A.to_dict format)")
-    missing_p = _without_p(spec["transform"])
+    missing_p = _first_without_p(spec["transform"])
     if missing_p:
         raise VitlabError(f"augment pipeline {path}: {missing_p} has no 'p'; set it explicitly "
                           "(Albumentations' from_dict would silently default it to 0.5)")
@@ -64,21 +70,25 @@ def load_pipeline(path: str | os.PathLike):
 
 
 def make_sample_transform(preprocess: PreprocessCfg, augment=None) -> Callable[[np.ndarray], np.ndarray]:
-    """HWC uint8 (any size, 1 or 3 channels) -> CHW uint8 at the model's size.
+    """A decoded image (HWC uint8, any size, 1 or 3 channels) -> the model's CHW uint8 input.
 
-    Channels are matched first, then the augment pipeline runs on the full image, then the PreprocessCfg
-    resize policy brings whatever size remains to the model's input size.
+    Without ``augment`` this is exactly ``PreprocessCfg.prepare`` (resize, then channels), the step the Predictor
+    and the edge kit run, so validation and test see bit for bit what inference sees. With ``augment`` the
+    pipeline runs on the decoded image first (grey images are given the model's 3 channels first, so colour
+    transforms apply); whatever size it leaves, ``prepare`` finishes, unless the pipeline already produced the
+    model's size (a ``RandomResizedCrop``'s geometry is then kept, not cropped again).
     """
-    h, w = preprocess.image_size
+    if augment is None:
+        return preprocess.prepare
 
     def transform(image: np.ndarray) -> np.ndarray:
-        image = preprocess.to_model_layout(image).transpose(1, 2, 0)  # HWC with the model's channel count
-        if augment is not None:
-            image = augment(image=image)["image"]
-        if image.shape[:2] != (h, w):
-            image = preprocess.resize_image(image)
+        if image.shape[2] < preprocess.channels:
+            image = preprocess.to_model_layout(image).transpose(1, 2, 0)
+        image = augment(image=image)["image"]
         if image.ndim == 2:
             image = image[:, :, None]
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
+        if image.shape[:2] == preprocess.image_size:
+            return preprocess.to_model_layout(image)
+        return preprocess.prepare(image)
 
     return transform

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from vitlab_edge.imaging import to_hwc_uint8 as read_any
 from vitlab_edge.model import describe_input
+from vitlab_edge.progress import Progress
 
 from vitlab.errors import VitlabError
 from vitlab.inference.backends import Backend, load_backend
@@ -153,16 +154,20 @@ class Predictor:
         return self.backend.preprocess.labels
 
     def predict(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
-                overlays: str | os.PathLike | None = None, explain: bool = False) -> list[Prediction]:
-        """Every input's Prediction, in input order (see ``stream`` for bounded memory)."""
-        return list(self.stream(source, batch_size, num_workers, topk, overlays, explain))
+                overlays: str | os.PathLike | None = None, explain: bool = False,
+                progress: bool | None = False) -> list[Prediction]:
+        """Every input's Prediction, in input order (see ``stream`` for bounded memory and ``progress``)."""
+        return list(self.stream(source, batch_size, num_workers, topk, overlays, explain, progress))
 
     def stream(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
-               overlays: str | os.PathLike | None = None, explain: bool = False) -> Iterator[Prediction]:
+               overlays: str | os.PathLike | None = None, explain: bool = False,
+               progress: bool | None = False) -> Iterator[Prediction]:
         """Predictions one by one in input order; decoding runs ahead in ``num_workers`` processes (default: one
         per spare core, at most 4), holding at most a few batches. ``overlays``: a folder for one PNG per image
-        (the model's input with its label; with ``explain``, the attention rollout over it)."""
-        from vitlab_edge.sources import expand_inputs
+        (the model's input with its label; with ``explain``, the attention rollout over it). ``progress=True``:
+        a progress bar (count, rate, ETA) on stderr when it is a terminal, else one summary line at the end;
+        ``None``: the bar on a terminal only (what ``vitlab predict`` uses)."""
+        from vitlab_edge.sources import as_inputs
 
         if explain and not hasattr(self.backend, "attention_maps"):
             raise VitlabError("explain needs the checkpoint: an ONNX graph's fused attention keeps no weights to "
@@ -170,8 +175,12 @@ class Predictor:
         out = Path(overlays) if overlays is not None else None
         if explain and out is None:
             raise VitlabError("explain writes overlays: pass overlays=FOLDER (--overlays DIR)")
-        for batch in decode_loader(expand_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels):
-            yield from self._run(batch, topk, out, explain)
+        loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels)
+        with Progress(len(loader.dataset), "predict", progress=progress) as bar:
+            for batch in loader:
+                preds = self._run(batch, topk, out, explain)
+                bar.update(len(preds))
+                yield from preds
 
     def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,
                 num_workers: int | None = None) -> list[Prediction]:

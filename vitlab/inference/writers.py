@@ -1,7 +1,7 @@
 """Prediction writers: JSONL and CSV (atomic: temp file, then rename), resuming from an earlier output, and
 Lightning's ``BasePredictionWriter`` for multi-device prediction, which writes one shard per rank keyed by sample
-index and merges them on rank 0 so that every input appears exactly once (DistributedSampler pads the last
-batches with repeated samples; cf. Lightning issue 10782)."""
+index and merges them on rank 0, checking that every input appears exactly once. (``trainer.predict`` shards
+inputs with Lightning's ``UnrepeatedDistributedSamplerWrapper``: no padding, no repeats; a test runs it.)"""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
-from vitlab_edge.files import write_jsonl
+from vitlab_edge.files import write_records as write_any
 
-from vitlab._fs import atomic_write
 from vitlab.errors import VitlabError
 
 FORMATS = (".jsonl", ".csv")
-CSV_FIELDS = ("index", "source", "label", "class_id", "prob", "topk", "error")
 
 
 def check_output(path: str | os.PathLike) -> Path:
@@ -31,22 +29,7 @@ def check_output(path: str | os.PathLike) -> Path:
 
 def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
     """Write records as JSONL or CSV (by suffix); the file appears only once complete. Returns the count."""
-    path = check_output(path)
-    if path.suffix == ".jsonl":
-        return write_jsonl(records, path)
-    n = 0
-
-    def write(tmp: Path) -> None:
-        nonlocal n
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for rec in records:
-                w.writerow({**rec, "topk": json.dumps(rec.get("topk", []))})
-                n += 1
-
-    atomic_write(path, write)
-    return n
+    return write_any(records, check_output(path))  # the edge kit's writers: same JSONL/CSV from both CLIs
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -68,8 +51,10 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class ShardedPredictionWriter(BasePredictionWriter):
-    """Each rank appends its batches' records to ``<out>.rank<R>.part``; after the epoch, rank 0 keeps one record
-    per sample index, checks that all ``num_samples`` are there, and writes ``out`` atomically in input order."""
+    """Each rank appends its batches' records to ``<out>.rank<R>.part``; after the epoch, rank 0 checks that every
+    sample index ``0..num_samples-1`` is there exactly once and writes ``out`` atomically in input order. Rank 0's
+    verdict is broadcast, so on failure every rank raises the same ``VitlabError`` at once (none is left waiting
+    at a barrier until the DDP timeout)."""
 
     def __init__(self, out: str | os.PathLike, num_samples: int) -> None:
         super().__init__(write_interval="batch")
@@ -91,18 +76,39 @@ class ShardedPredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._file.close()
         trainer.strategy.barrier("vitlab-predict-shards")
-        if trainer.is_global_zero:
-            by_index: dict[int, dict[str, Any]] = {}
-            for rank in range(trainer.world_size):
-                shard = self._shard(rank)
-                with open(shard) as f:
-                    for line in f:
-                        rec = json.loads(line)
-                        by_index.setdefault(rec["index"], rec)  # padding repeats a sample: keep the first
+        error = self._merge(trainer.world_size) if trainer.is_global_zero else None
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise VitlabError(error)
+
+    def _merge(self, world_size: int) -> str | None:
+        """Rank 0: shards -> ``out``; the one-line reason when that fails (every rank raises it), else None."""
+        try:
+            by_index, repeated = self._read_shards(world_size)
             missing = sorted(set(range(self.num_samples)) - set(by_index))
+            wrong = []
             if missing:
-                raise VitlabError(f"distributed prediction lost {len(missing)} inputs (first: {missing[:5]})")
+                wrong.append(f"{len(missing)} of {self.num_samples} inputs got no answer (first: {missing[:5]})")
+            if repeated:
+                wrong.append(f"{len(repeated)} got more than one (first: {repeated[:5]})")
+            if wrong:
+                return f"distributed prediction: {'; '.join(wrong)}"
             write_records((by_index[i] for i in range(self.num_samples)), self.out)
-            for rank in range(trainer.world_size):
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            return f"distributed prediction could not merge its shards into {self.out}: {type(e).__name__}: {e}"
+        finally:
+            for rank in range(world_size):
                 self._shard(rank).unlink(missing_ok=True)
-        trainer.strategy.barrier("vitlab-predict-merged")
+
+    def _read_shards(self, world_size: int) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        """Every rank's records by sample index, and the indices found more than once."""
+        by_index: dict[int, dict[str, Any]] = {}
+        repeated = set()
+        for rank in range(world_size):
+            with open(self._shard(rank)) as f:
+                for rec in map(json.loads, f):
+                    if rec["index"] in by_index:
+                        repeated.add(rec["index"])
+                    by_index[rec["index"]] = rec
+        return by_index, sorted(repeated)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,10 @@ class ViTBackbone(nn.Module):
         return {"tokens": tokens, "pooled": pooled, "map": fmap}
 
 
+class WeightsWarning(UserWarning):
+    """``pretrained=`` weights that did not fill the whole model, or held tensors it does not use."""
+
+
 @dataclass
 class LoadReport:
     """What ``load_weights`` did: keys it could not fill, keys it ignored, tensors it adapted."""
@@ -92,9 +97,11 @@ class LoadReport:
     adapted: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"loaded {self.path}: {len(self.missing)} missing ({', '.join(self.missing[:5]) or '-'}), "
-                f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:5]) or '-'}), "
-                f"adapted: {', '.join(self.adapted) or '-'}")
+        def few(keys: list[str]) -> str:
+            return f" ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
+
+        return (f"loaded {self.path}: {len(self.missing)} missing{few(self.missing)}, "
+                f"{len(self.unexpected)} unexpected{few(self.unexpected)}, adapted: {', '.join(self.adapted) or '-'}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -134,14 +141,24 @@ def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_timm_state_dict(path: str | os.PathLike, vit: nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors under timm's names from a weights file (wrappers stripped) or a Hugging Face folder (mapped)."""
+    from vitlab.models.hf import is_hf_folder, read_hf_state_dict
+
+    if is_hf_folder(path):
+        return read_hf_state_dict(path, vit)
+    return canonical_keys(read_state_dict(path))
+
+
 def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.PathLike) -> LoadReport:
-    """Load a local file into backbone (+ head): keys remapped, position embeddings resampled to the grid,
-    patch embedding adapted to the channel count, the head dropped when its shape differs."""
+    """Load a local file or Hugging Face folder into backbone (+ head): keys remapped, position embeddings
+    resampled to the grid, patch embedding adapted to the channel count, the head dropped when its shape differs.
+    Missing or unexpected tensors give one ``WeightsWarning`` (a clean load stays silent)."""
     from timm.models import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     report = LoadReport(str(path))
-    state = canonical_keys(read_state_dict(path))
+    state = read_timm_state_dict(path, backbone.vit)
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     w = body.get("patch_embed.proj.weight")
@@ -152,6 +169,7 @@ def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.P
     body = checkpoint_filter_fn(body, backbone.vit)
     if pos is not None and backbone.vit.pos_embed is not None and pos.shape != backbone.vit.pos_embed.shape:
         report.adapted.append(f"pos_embed {tuple(pos.shape)}->{tuple(backbone.vit.pos_embed.shape)}")
+    _check_shapes(body, backbone.vit, path)
     result = backbone.vit.load_state_dict(body, strict=False)
     report.missing += list(result.missing_keys)
     report.unexpected += list(result.unexpected_keys)
@@ -163,5 +181,18 @@ def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.P
             report.missing += [f"head.{k}" for k in own]
             if head_state:
                 report.adapted.append("head dropped (class count differs)")
-    log.info("%s", report)
+    if report.missing or report.unexpected:
+        tail = "; the missing tensors keep their random initialisation" if report.missing else ""
+        warnings.warn(f"{report}{tail}", WeightsWarning, stacklevel=2)
+    else:
+        log.info("%s", report)
     return report
+
+
+def _check_shapes(state: dict[str, torch.Tensor], model: nn.Module, path: str | os.PathLike) -> None:
+    """One line naming the first tensor whose shape the model cannot take (instead of torch's long list)."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise VitlabError(f"{path}: {k} is {tuple(v.shape)} in the weights but {tuple(own[k].shape)} in the "
+                              "model; build the architecture the weights were trained with (name and options)")

@@ -42,34 +42,48 @@ class ViTClassifier(nn.Module):
         return self.head(self.head_drop(pooled))  # [N, C]
 
 
-def create_backbone(name: str, pretrained: bool | str | os.PathLike | None = None, **options: Any) -> ViTBackbone:
-    """A ViTBackbone by name. ``pretrained``: True (timm hub), or a local .safetensors/.pth/.ckpt file."""
+def create_backbone(name: str | os.PathLike, pretrained: bool | str | os.PathLike | None = None,
+                    **options: Any) -> ViTBackbone:
+    """A ViTBackbone by name or Hugging Face folder. ``pretrained``: True (timm hub), a local .safetensors/.pth/.ckpt
+    file or a Hugging Face folder; None loads a folder's own weights, False none."""
     spec = resolve(name, options)
+    pretrained = _weights(spec, pretrained)
     backbone = ViTBackbone(spec.arch, spec.preprocess, pretrained=pretrained is True, **spec.kwargs)
     if pretrained not in (None, False, True):
         load_weights(backbone, None, pretrained)
     return backbone
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained: bool | str | os.PathLike | None = None,
-                 labels: tuple[str, ...] | list[str] | None = None, **options: Any) -> ViTClassifier:
-    """A ViT classifier by name (vitlab variant or timm ViT-family arch) with ``num_classes`` outputs.
+def create_model(name: str | os.PathLike, num_classes: int | None = None,
+                 pretrained: bool | str | os.PathLike | None = None, labels: tuple[str, ...] | list[str] | None = None,
+                 **options: Any) -> ViTClassifier:
+    """A ViT classifier by name (vitlab variant, timm ViT-family arch or Hugging Face folder).
 
-    ``options``: img_size, patch_size, in_chans, drop_path_rate, dynamic_img_size, ... (see registry).
+    ``num_classes``: default the number of ``labels`` or of the variant's labels (a folder's ``id2label``), else
+    1000. ``options``: img_size, patch_size, in_chans, drop_path_rate, dynamic_img_size, ... (see registry).
     """
+    spec = resolve(name, options)
+    pre, pretrained = spec.preprocess, _weights(spec, pretrained)
+    if num_classes is None:
+        num_classes = len(labels or pre.labels) or 1000
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    spec = resolve(name, options)
-    pre = spec.preprocess
     if labels:
         if len(labels) != num_classes:
             raise ValueError(f"{len(labels)} labels given for num_classes={num_classes}")
         pre = pre.replace(labels=tuple(labels))
+    elif len(pre.labels) != num_classes:
+        pre = pre.replace(labels=())  # the variant's names do not describe this head
     backbone = ViTBackbone(spec.arch, pre, pretrained=pretrained is True, **spec.kwargs)
     model = ViTClassifier(backbone, num_classes)
     if pretrained not in (None, False, True):
         load_weights(model.backbone, model.head, pretrained)
     return model
+
+
+def _weights(spec: ModelSpec, pretrained: bool | str | os.PathLike | None) -> bool | str | os.PathLike | None:
+    """A Hugging Face folder's own weights unless ``pretrained`` names others (False: none)."""
+    return spec.weights if spec.weights and pretrained in (None, True) else pretrained
 
 
 @register_model

@@ -3,10 +3,13 @@
 The report compares an ONNX model with the torch model it came from on real held-out images: top-1 agreement,
 accuracy of both (when labels are known), max abs differences, file size and node counts. Export fails when the
 accuracy drop exceeds the precision's budget; without labels the disagreement rate bounds the drop and is gated.
+Reading the held-out images and running each model over them (up to 10k images each) show a progress bar on a
+terminal (``vitlab._progress``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from vitlab_edge.progress import Progress
 
 from vitlab.errors import VitlabError
 
@@ -74,32 +78,45 @@ def _folder_eval_set(root: Path, preprocess, limit: int, seed: int) -> EvalSet:
     index = {name: i for i, name in enumerate(preprocess.labels)}
     labelled = all(f.parent != root and f.parent.name in index for f in files)
     images, labels = [], []
-    for f in files:
-        try:
-            arr = preprocess.prepare(read_image(f))
-        except ImageReadError as e:
-            log.warning("skipping eval image %s", e)
-            continue
-        images.append(arr)
-        labels.append(index.get(f.parent.name, -1))
+    with Progress(len(files), "eval images") as bar:
+        for f in files:
+            bar.update()
+            try:
+                arr = preprocess.prepare(read_image(f))
+            except ImageReadError as e:
+                log.warning("skipping eval image %s", e)
+                continue
+            images.append(arr)
+            labels.append(index.get(f.parent.name, -1))
     if not images:
         raise VitlabError(f"eval data {root}: no readable images")
     return EvalSet(np.stack(images), np.array(labels) if labelled else None, str(root))
 
 
+def _batches(images: np.ndarray, batch_size: int, desc: str, progress: bool | None):
+    """``images`` in slices of ``batch_size``, counted on a progress bar (see ``vitlab._progress``)."""
+    with Progress(len(images), desc, progress=progress) as bar:
+        for i in range(0, len(images), batch_size):
+            yield images[i:i + batch_size]
+            bar.update(len(images[i:i + batch_size]))
+
+
 @torch.no_grad()
-def torch_outputs(classifier: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def torch_outputs(classifier: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
+                  progress: bool | None = None) -> np.ndarray:
     """fp32 logits of the torch model, ``[N, K]``."""
     classifier.eval()
-    return torch.cat([classifier(torch.from_numpy(images[i:i + batch_size]))
-                      for i in range(0, len(images), batch_size)]).numpy()
+    batches = _batches(images, batch_size, "eval torch", progress)
+    return torch.cat([classifier(torch.from_numpy(b)) for b in batches]).numpy()
 
 
-def onnx_outputs(session, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def onnx_outputs(session, images: np.ndarray, batch_size: int = 256,
+                 progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probs, logits) of an ONNX Runtime session, ``[N, K]`` each."""
     name = session.get_inputs()[0].name
-    outs = [session.run(["probs", "logits"], {name: images[i:i + batch_size]})
-            for i in range(0, len(images), batch_size)]
+    precision = json.loads(session.get_modelmeta().custom_metadata_map.get("vitlab", "{}")).get("precision", "")
+    batches = _batches(images, batch_size, f"eval onnx {precision}".strip(), progress)
+    outs = [session.run(["probs", "logits"], {name: b}) for b in batches]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 

@@ -28,7 +28,7 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     if cls is None:
         raise VitlabError(f"{path}: unknown task {ckpt.get('vitlab_task')!r}")
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
-    hp.pop("pretrained", None)  # the checkpoint's own weights replace any starting point
+    hp["pretrained"] = False  # the checkpoint's own weights replace any starting point (a HF folder's too)
     task = cls(**hp)
     task.load_state_dict(ckpt["state_dict"])
     return task.eval()

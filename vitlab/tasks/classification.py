@@ -43,7 +43,7 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
 class ClassificationTask(L.LightningModule):
     def __init__(self, model_name: str = "vitlab_fmnist", num_classes: int = 10,
                  class_names: list[str] | None = None, model_options: dict[str, Any] | None = None,
-                 pretrained: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
+                 pretrained: str | bool | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
                  layer_decay: float | None = None, label_smoothing: float = 0.1, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, mix_prob: float = 1.0, ema_decay: float | None = None) -> None:
@@ -51,7 +51,7 @@ class ClassificationTask(L.LightningModule):
         Args:
             model_name: vitlab variant or timm ViT-family architecture (``vitlab.list_models()``).
             model_options: backbone options (img_size, patch_size, in_chans, drop_path_rate, ...).
-            pretrained: local weights file (.safetensors/.pth/.ckpt) to start from.
+            pretrained: local weights file (.safetensors/.pth/.ckpt) or Hugging Face ViT folder to start from.
             warmup_epochs: linear warmup length, then cosine decay to ``lr * min_lr_ratio`` at the last step.
             layer_decay: LR multiplier per block going down from the head (e.g. 0.75), None = off.
             mixup_alpha / cutmix_alpha: Beta parameters; 0 disables each.
@@ -142,10 +142,16 @@ class ClassificationTask(L.LightningModule):
 
         cm = self.confusion.compute().cpu()
         self.confusion.reset()
-        log_dir = self.trainer.log_dir if self.trainer.log_dir else self.trainer.default_root_dir
         if self.trainer.is_global_zero:
             names = list(self.preprocess.labels) or [str(i) for i in range(self.hparams.num_classes)]
-            write_classification_report(cm, names, Path(log_dir))
+            write_classification_report(cm, names, self.report_dir())
+
+    def report_dir(self) -> Path:
+        """Where ``test`` writes its confusion matrix and per-class tables: the logger's version folder, or
+        ``default_root_dir/test_report`` without a logger (never loose files in the working directory)."""
+        if self.trainer.loggers and self.trainer.log_dir:
+            return Path(self.trainer.log_dir)
+        return Path(self.trainer.default_root_dir) / "test_report"
 
     # --- optimisation ----------------------------------------------------------------------------------
     def _param_groups(self) -> list[dict[str, Any]]:
