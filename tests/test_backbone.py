@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import vitlab
 from vitlab.errors import VitlabError
-from vitlab.models.backbone import canonical_keys, read_state_dict
+from vitlab.models.backbone import WeightsWarning, canonical_keys, read_state_dict
 
 
 @pytest.mark.parametrize("opts,prefix", [({}, 0), ({"class_token": True, "global_pool": "token"}, 1),
@@ -41,7 +41,8 @@ def test_local_safetensors_resamples_pos_embed_and_drops_head(tmp_path):
     state = _timm_state(num_classes=5, **kw)
     path = tmp_path / "w.safetensors"
     save_file(state, str(path))
-    model = vitlab.create_model("vitlab_tiny", num_classes=3, img_size=64, pretrained=str(path))
+    with pytest.warns(WeightsWarning, match=r"2 missing \(head.weight, head.bias\).*head dropped"):
+        model = vitlab.create_model("vitlab_tiny", num_classes=3, img_size=64, pretrained=str(path))
     # 4x4 grid -> 8x8 grid; the head (5 classes) cannot fill 3 classes and is dropped
     assert model.backbone.vit.pos_embed.shape == (1, 64, 32)
     assert torch.equal(model.backbone.vit.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])

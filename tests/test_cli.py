@@ -129,4 +129,8 @@ def test_demo_smoke(tmp_path):
     assert (tmp_path / "demo" / "checkpoints" / "last.ckpt").exists()
     assert summary["export"]["fp32"]["status"] == "ok" and summary["export"]["fp32"]["eval_images"] == 512
     assert (tmp_path / "demo" / "export" / "model.onnx").exists() and "ONNX int8" in res.stdout
-    assert summary["predict"]["images"] == 48 and len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 6
+    p = summary["predict"]  # 48 Fashion-MNIST items as files + 2 broken files, each with one record
+    assert p["images"] == 50 and p["valid"] == 48 and p["errors"] == 2 and 0 <= p["accuracy_pct"] <= 100
+    assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 6
+    records = [json.loads(line) for line in (tmp_path / "demo" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(50)) and sum(r["error"] is not None for r in records) == 2

@@ -33,7 +33,7 @@ class PredictModule(L.LightningModule):
 
 
 class RankZeroProgress(L.Callback):
-    """A bar over all inputs on global rank 0 (see ``vitlab._progress``). Ranks get equal shares, rank 0 the
+    """A bar over all inputs on global rank 0 (see ``vitlab_edge.progress``). Ranks get equal shares, rank 0 the
     largest, so its own count times the world size, capped at the total, is the estimate; it ends at the total."""
 
     def __init__(self, total: int, progress: bool | None = None) -> None:

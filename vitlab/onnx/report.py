@@ -4,7 +4,7 @@ The report compares an ONNX model with the torch model it came from on real held
 accuracy of both (when labels are known), max abs differences, file size and node counts. Export fails when the
 accuracy drop exceeds the precision's budget; without labels the disagreement rate bounds the drop and is gated.
 Reading the held-out images and running each model over them (up to 10k images each) show a progress bar on a
-terminal (``vitlab._progress``).
+terminal (``vitlab_edge.progress``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _folder_eval_set(root: Path, preprocess, limit: int, seed: int) -> EvalSet:
 
 
 def _batches(images: np.ndarray, batch_size: int, desc: str, progress: bool | None):
-    """``images`` in slices of ``batch_size``, counted on a progress bar (see ``vitlab._progress``)."""
+    """``images`` in slices of ``batch_size``, counted on a progress bar (see ``vitlab_edge.progress``)."""
     with Progress(len(images), desc, progress=progress) as bar:
         for i in range(0, len(images), batch_size):
             yield images[i:i + batch_size]
