@@ -134,3 +134,24 @@ def test_demo_smoke(tmp_path):
     assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 6
     records = [json.loads(line) for line in (tmp_path / "demo" / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == list(range(50)) and sum(r["error"] is not None for r in records) == 2
+
+
+def test_help_lists_every_command_and_each_command_has_help(capsys, monkeypatch):
+    from vitlab.cli import COMMANDS, LIGHTNING_COMMANDS, main
+
+    monkeypatch.setattr("sys.argv", ["vitlab"])
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2  # no command: the overview, as an error
+    main(["--help"])
+    overview = capsys.readouterr().out
+    listed = {line.split()[0] for line in overview.splitlines() if line.startswith("  ") and line.split()}
+    assert {"fit", "validate", "test", "predict", "export", "demo"} <= listed
+    assert set(COMMANDS) | set(LIGHTNING_COMMANDS) <= listed
+    for command in [*COMMANDS, *LIGHTNING_COMMANDS, "predict"]:
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "usage:" in out, command
+        if command == "predict":  # the batch predictor's options, and where Lightning's predict is
+            assert "--out" in out and "--config" in out
