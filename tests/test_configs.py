@@ -13,13 +13,25 @@ from vitlab.cli import run_cli
 
 CONFIGS = REPO / "configs"
 FAST = ["--trainer.fast_dev_run=true", "--data.init_args.num_workers=0"]
-# per shipped config: the data overrides that make it run on a tiny real data set ({folder} / {csv} are filled in)
+TINY_SCENES = ["--data.init_args.train_size=8", "--data.init_args.val_size=4", "--data.init_args.test_size=4",
+               "--data.init_args.image_size=96"]
+# per shipped config: the data overrides that make it run on a tiny real data set ({folder} / {csv} / {scenes} are
+# filled in)
 OVERRIDES = {
     "_test/tiny_fmnist.yaml": ["--data.init_args.limit=256"],
     "classify/fmnist_demo.yaml": ["--data.init_args.limit=256", "--data.init_args.batch_size=16"],
     "classify/fmnist_best.yaml": ["--data.init_args.limit=256", "--data.init_args.batch_size=16"],
     "classify/imagefolder.yaml": ["--data.init_args.train_dir={folder}", "--data.init_args.batch_size=4"],
     "classify/csv.yaml": ["--data.init_args.train_csv={csv}", "--data.init_args.batch_size=4"],
+    # {scenes}: the tiny scenes of the ``scenes`` fixture (TINY_SCENES are its sizes: reused, not rewritten)
+    "detect/scenes_demo.yaml": ["--data.init_args.root={scenes}", *TINY_SCENES, "--data.init_args.batch_size=4"],
+    "detect/scenes_best.yaml": ["--data.init_args.root={scenes}", *TINY_SCENES, "--data.init_args.batch_size=4"],
+    "detect/coco.yaml": ["--data.init_args.train_images={scenes}/train",
+                         "--data.init_args.train_annotations={scenes}/annotations/train.json",
+                         "--data.init_args.val_images={scenes}/val",
+                         "--data.init_args.val_annotations={scenes}/annotations/val.json",
+                         "--data.init_args.batch_size=1",  # ViT-S/16 and its pyramid at 256 px, not 640: seconds
+                         "--model.init_args.model_options={{img_size: 256, drop_path_rate: 0.1}}"],
 }
 pytestmark = needs_fmnist
 
@@ -47,9 +59,19 @@ def own_data(image_folder, tmp_path):
     return {"folder": image_folder, "csv": lists["train"], "dirs": splits, "lists": lists}
 
 
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """The built-in scenes at the TINY_SCENES sizes (train 8, val 4, test 4 at 96 px): images + COCO JSON."""
+    from vitlab.data.scenes import write_scenes
+
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root, {"train": 8, "val": 4, "test": 4}, image_size=96)
+    return root
+
+
 @pytest.mark.parametrize("config", sorted(OVERRIDES))
-def test_config_fits_through_the_real_cli(config, own_data, tmp_path):
-    extra = [o.format(folder=own_data["folder"], csv=own_data["csv"]) for o in OVERRIDES[config]]
+def test_config_fits_through_the_real_cli(config, own_data, scenes, tmp_path):
+    extra = [o.format(folder=own_data["folder"], csv=own_data["csv"], scenes=scenes) for o in OVERRIDES[config]]
     res = run(["fit", "--config", str(CONFIGS / config), *FAST, *extra, f"--trainer.default_root_dir={tmp_path}"],
               REPO)
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in res.stdout + res.stderr

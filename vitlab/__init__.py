@@ -3,6 +3,7 @@
 from vitlab.errors import VitlabError
 from vitlab.inference import Prediction, Predictor
 from vitlab.models.classify import create_backbone, create_model
+from vitlab.models.detect import create_detector
 from vitlab.preprocess import PreprocessCfg
 from vitlab.registry import list_models, register_model
 
@@ -24,4 +25,4 @@ def load(path: str, map_location: str = "cpu"):
 
 
 __all__ = ["Prediction", "Predictor", "PreprocessCfg", "VitlabError", "__version__", "create_backbone",
-           "create_model", "export_onnx", "list_models", "load", "register_model"]
+           "create_detector", "create_model", "export_onnx", "list_models", "load", "register_model"]

@@ -11,7 +11,7 @@ import fnmatch
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vitlab.errors import VitlabError
@@ -27,13 +27,15 @@ BACKBONE_OPTIONS = ("img_size", "patch_size", "in_chans", "drop_path_rate", "dro
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What ``create_*`` needs: the timm architecture to build, its arguments, the preprocessing, and the weights
-    that come with it (a Hugging Face folder's own), loaded unless ``pretrained`` says otherwise."""
+    """What ``create_*`` needs: the timm architecture to build, its arguments, the preprocessing, the weights
+    that come with it (a Hugging Face folder's own), loaded unless ``pretrained`` says otherwise, and a task head's
+    own arguments (``head``: e.g. a detector's pyramid and FCOS settings; empty for classifiers)."""
 
     arch: str
     kwargs: dict[str, Any]
     preprocess: PreprocessCfg
     weights: str | None = None
+    head: dict[str, Any] = field(default_factory=dict)
 
 
 _MODELS: dict[str, Callable[[], ModelSpec]] = {}
@@ -63,7 +65,7 @@ def list_models(pattern: str = "*", include_timm: bool = True) -> list[str]:
 
 
 def _ensure_variants() -> None:
-    import vitlab.models.classify  # noqa: F401  (registers the vitlab variants)
+    import vitlab.models  # noqa: F401  (its modules register the vitlab variants; the registry imports no head)
 
 
 def _timm_preprocess(arch: str, options: dict[str, Any]) -> PreprocessCfg:
@@ -94,7 +96,7 @@ def _with_geometry(pre: PreprocessCfg, kwargs: dict[str, Any]) -> PreprocessCfg:
 
 def _with_options(spec: ModelSpec, options: dict[str, Any]) -> ModelSpec:
     kwargs = {**spec.kwargs, **options}
-    return ModelSpec(spec.arch, kwargs, _with_geometry(spec.preprocess, kwargs), spec.weights)
+    return replace(spec, kwargs=kwargs, preprocess=_with_geometry(spec.preprocess, kwargs))
 
 
 def resolve(name: str | os.PathLike, options: dict[str, Any] | None = None) -> ModelSpec:

@@ -85,3 +85,145 @@ def save_overlay(image_chw: np.ndarray, text: str, path: str | os.PathLike, heat
     draw.rectangle((0, 0, canvas.size[0], 14), fill=(0, 0, 0))
     draw.text((3, 1), text, fill=(255, 255, 255))
     return atomic_write(path, lambda p: canvas.save(p, format="PNG"))
+
+
+# --- detection -------------------------------------------------------------------------------------------------
+def _palette(k: int) -> tuple[int, int, int]:
+    """A colour per class id: tab20's ten strong colours first, then their light variants."""
+    from matplotlib import colormaps
+
+    r, g, b, _ = colormaps["tab20"]((2 * k) % 20 + (k // 10) % 2)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, names: list[str],
+                    scores: np.ndarray | None = None, gt_boxes: np.ndarray | None = None,
+                    gt_class_ids: np.ndarray | None = None, title: str = "", min_side: int = 320):
+    """A PIL image: ``image`` (HWC or HW uint8, upscaled by an integer factor to at least ``min_side``) with
+    predicted boxes ``[M, 4]`` (x1, y1, x2, y2 in the image's pixels; one colour per class, "name score") and
+    optional ground-truth boxes (white, thin, drawn first), and ``title`` in a bar at the top."""
+    from PIL import Image, ImageDraw
+
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
+    h, w = rgb.shape[:2]
+    scale = max(1, -(-min_side // max(1, min(h, w))))
+    canvas = Image.fromarray(np.ascontiguousarray(rgb)).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+
+    def name(k: int) -> str:
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    for box, k in zip(np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4))).reshape(-1, 4),
+                      np.asarray(gt_class_ids if gt_class_ids is not None else np.zeros(0, int)).reshape(-1)):
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=1)
+        draw.text((x1 + 2, y2 - 11), name(int(k)), fill=(255, 255, 255))
+    scores = np.ones(len(boxes)) if scores is None else np.asarray(scores).reshape(-1)
+    for box, k, s in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(class_ids).reshape(-1), scores):
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        colour = _palette(int(k))
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
+        tag = f"{name(int(k))} {float(s):.2f}"
+        draw.rectangle((x1, y1, x1 + 6 * len(tag) + 4, y1 + 11), fill=colour)
+        draw.text((x1 + 2, y1), tag, fill=(0, 0, 0))
+    if title:
+        draw.rectangle((0, 0, canvas.size[0], 14), fill=(0, 0, 0))
+        draw.text((3, 1), title, fill=(255, 255, 255))
+    return canvas
+
+
+def save_detection_overlay(image: np.ndarray, path: str | os.PathLike, boxes: np.ndarray, class_ids: np.ndarray,
+                           names: list[str], scores: np.ndarray | None = None, gt_boxes: np.ndarray | None = None,
+                           gt_class_ids: np.ndarray | None = None, title: str = "", min_side: int = 320) -> Path:
+    """``draw_detections`` written as PNG (atomically): the test report's overlays and ``--overlays`` of the
+    Predictor (boxes in the coordinates of the image passed, e.g. the original image with the letterbox undone)."""
+    canvas = draw_detections(image, boxes, class_ids, names, scores, gt_boxes, gt_class_ids, title, min_side)
+    return atomic_write(path, lambda p: canvas.save(p, format="PNG"))
+
+
+def detection_class_table(result: dict, names: list[str], gt_counts: list[int],
+                          iou_thresholds: list[float]) -> list[dict[str, float | int | str | None]]:
+    """Per class: AP (IoU 0.50:0.95), AP50, AP75, AR@100 and the number of ground-truth boxes, from torchmetrics'
+    ``MeanAveragePrecision(class_metrics=True, extended_summary=True).compute()``. ``None`` where a class has no
+    ground truth in the split (COCO's -1)."""
+    classes = [int(c) for c in result.get("classes", torch.zeros(0)).tolist()]
+    precision = result.get("precision")  # [T, R, K, A, M]: IoU thr., recall thr., class, area range, max dets
+
+    def ap_at(k: int, iou: float) -> float | None:
+        if precision is None or iou not in iou_thresholds:
+            return None
+        p = precision[iou_thresholds.index(iou), :, k, 0, -1]
+        return round(float(p[p > -1].mean()), 4) if bool((p > -1).any()) else None
+
+    def value(key: str, k: int) -> float | None:
+        v = result.get(key)
+        if v is None or v.numel() != len(classes) or float(v[k]) < 0:
+            return None
+        return round(float(v[k]), 4)
+
+    rows = []
+    for c, cname in enumerate(names):
+        k = classes.index(c) if c in classes else None
+        present = k is not None and gt_counts[c] > 0
+        rows.append({"class": cname, "class_id": c,
+                     "ap": value("map_per_class", k) if present else None,
+                     "ap50": ap_at(k, 0.5) if present else None, "ap75": ap_at(k, 0.75) if present else None,
+                     "ar100": value("mar_100_per_class", k) if present else None, "num_gt": int(gt_counts[c])})
+    return rows
+
+
+def plot_pr_curves(result: dict, names: list[str], path: Path, iou: float = 0.5,
+                   iou_thresholds: list[float] | None = None) -> Path:
+    """Precision-recall curves at IoU ``iou`` (all areas, 100 detections per image), one line per class with
+    ground truth and their mean in black, from torchmetrics' extended summary (COCO's 101 recall points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    precision = result.get("precision")
+    thresholds = iou_thresholds or [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    if precision is not None and iou in thresholds:
+        p = precision[thresholds.index(iou), :, :, 0, -1].double()  # [R, K]
+        recall = np.linspace(0, 1, p.shape[0])
+        classes = [int(c) for c in result["classes"].tolist()]
+        valid = [k for k in range(p.shape[1]) if bool((p[:, k] > -1).all())]
+        for k in valid:
+            c = classes[k]
+            ap = float(p[:, k].mean())
+            ax.plot(recall, p[:, k].numpy(), lw=1, color=[v / 255 for v in _palette(c)],
+                    label=f"{names[c] if c < len(names) else c} ({ap:.3f})")
+        if valid:
+            mean = p[:, valid].mean(1)
+            label = f"mean (AP{round(iou * 100)} {float(mean.mean()):.3f})"
+            ax.plot(recall, mean.numpy(), lw=2.5, color="black", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"precision-recall at IoU {iou:.2f}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left", ncol=2 if len(names) > 10 else 1)
+    fig.tight_layout()
+    atomic_write(path, lambda p_: fig.savefig(p_, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_detection_report(result: dict, names: list[str], gt_counts: list[int], out_dir: Path,
+                           iou_thresholds: list[float], summary: dict[str, float] | None = None) -> dict[str, Path]:
+    """per_class_ap.csv, per_class_ap.json (per-class rows + the overall figures) and pr_curve.png under
+    ``out_dir``."""
+    rows = detection_class_table(result, names, gt_counts, iou_thresholds)
+    cols = ("class", "class_id", "ap", "ap50", "ap75", "ar100", "num_gt")
+    csv = ",".join(cols) + "\n" + "".join(
+        f"\"{r['class']}\"," + ",".join("" if r[c] is None else str(r[c]) for c in cols[1:]) + "\n" for r in rows)
+    return {
+        "per_class_csv": atomic_write_text(out_dir / "per_class_ap.csv", csv),
+        "per_class_json": atomic_write_json(out_dir / "per_class_ap.json",
+                                            {"classes": rows, "summary": summary or {}}),
+        "pr_curve": plot_pr_curves(result, names, out_dir / "pr_curve.png", 0.5, iou_thresholds),
+    }

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vitlab_edge.boxes import letterbox_geometry
+
 # Folder scans pick files by these suffixes: the raster formats Pillow decodes by itself, by the extensions it
 # registers (plus .spider, which SPIDER does not register). Left out: what Pillow only writes (.pdf, .palm) or only
 # identifies (.mpeg), what needs an outside program or handler (.eps/.ps: Ghostscript; .wmf/.emf: Windows;
@@ -197,11 +199,10 @@ def resize(image: np.ndarray, size: tuple[int, int], policy: str = "squash", int
         top, left = (rh - h) // 2, (rw - w) // 2
         out = out[top:top + h, left:left + w]
     else:
-        scale = min(h / ih, w / iw)
-        rh, rw = min(h, max(1, round(ih * scale))), min(w, max(1, round(iw * scale)))
+        scale_y, scale_x, top, left = letterbox_geometry((ih, iw), (h, w))  # the rule boxes are mapped with
+        rh, rw = round(ih * scale_y), round(iw * scale_x)
         small = _resample(image, (rh, rw), interpolation)
         out = np.zeros((h, w, image.shape[2]), np.uint8)
-        top, left = (h - rh) // 2, (w - rw) // 2
         out[top:top + rh, left:left + rw] = small
     return np.ascontiguousarray(out)
 

@@ -3,6 +3,9 @@ from vitlab.data.datamodules import (
     CSVDataModule,
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    VitlabDataModule,
 )
+from vitlab.data.detection import CocoDetectionDataModule, ScenesDataModule
 
-__all__ = ["CSVDataModule", "ClassificationDataModule", "FashionMNISTDataModule", "ImageFolderDataModule"]
+__all__ = ["CSVDataModule", "ClassificationDataModule", "CocoDetectionDataModule", "FashionMNISTDataModule",
+           "ImageFolderDataModule", "ScenesDataModule", "VitlabDataModule"]

@@ -1,5 +1,7 @@
-"""LightningDataModules for classification. Each exposes ``num_classes`` and ``class_names`` at construction
-(the CLI links them into the model) and builds its transforms from the model's PreprocessCfg at ``setup``."""
+"""LightningDataModules. Each exposes ``num_classes`` and ``class_names`` at construction (the CLI links them
+into the model) and builds its transforms from the model's PreprocessCfg at ``setup``. ``VitlabDataModule`` holds
+the loader logic every task shares; ``ClassificationDataModule`` adds the classification samples and batches
+(detection's are in ``vitlab.data.detection``)."""
 
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ def collate(samples: list) -> dict[str, Any]:
     return {"image": images, "target": torch.tensor([s[1] for s in good]), "skipped": len(samples) - len(good)}
 
 
-class ClassificationDataModule(L.LightningDataModule):
-    """Shared loader logic: deterministic train/val split, augment pipeline, workers. Subclasses provide data and
+class VitlabDataModule(L.LightningDataModule):
+    """Shared loader logic: deterministic train/val split, augment pipeline, workers. A task's base class says how
+    samples become model inputs (``_wrap``) and batches (``collate_fn``); data subclasses provide the samples and
     set ``class_names`` in their constructor.
 
     Without a test split, ``test`` and ``predict`` use the validation split (``val_dir``/``val_csv``, or the
@@ -84,7 +87,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
-        self.augment = load_pipeline(train_augment) if train_augment else None  # validated now, at config time
+        self.augment = load_pipeline(train_augment, self.augment_bboxes) if train_augment else None  # validated now
         self.preprocess = preprocess
         self._sets: dict[str, Dataset] = {}
 
@@ -92,7 +95,15 @@ class ClassificationDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    # --- what subclasses provide ------------------------------------------------------------------
+    # --- what a task's base class provides --------------------------------------------------------
+    augment_bboxes = False  # the augment pipeline carries boxes (``load_pipeline(..., bboxes=True)``)
+    collate_fn: Any = None  # samples -> batch
+
+    def _wrap(self, samples: Dataset, preprocess: PreprocessCfg, augment) -> Dataset:
+        """Samples as the model's inputs: the PreprocessCfg step, after ``augment`` when given (training)."""
+        raise NotImplementedError
+
+    # --- what data subclasses provide -------------------------------------------------------------
     def train_pool(self) -> Dataset:
         """Samples for training; ``val_fraction`` of them are held out for validation unless ``val_set`` exists."""
         raise NotImplementedError
@@ -125,11 +136,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
         pre = self._resolve_preprocess()
-        plain = make_sample_transform(pre)
         if stage in ("fit", "validate"):
             pool, val = self._train_val()
-            self._sets["train"] = TransformedDataset(pool, make_sample_transform(pre, self.augment))
-            self._sets["val"] = TransformedDataset(val, plain)
+            self._sets["train"] = self._wrap(pool, pre, self.augment)
+            self._sets["val"] = self._wrap(val, pre, None)
         if stage in ("test", "predict"):
             test = self.test_set()
             if test is None:
@@ -138,13 +148,14 @@ class ClassificationDataModule(L.LightningDataModule):
                     raise VitlabError(f"{type(self).__name__} has no test or validation split for {stage}: give a "
                                       "test folder / CSV, or set data.init_args.val_fraction > 0")
                 log.warning("%s has no test split: %s runs on the validation split", type(self).__name__, stage)
-            self._sets["test"] = TransformedDataset(test, plain)
+            self._sets["test"] = self._wrap(test, pre, None)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self._sets[split]
         train = split == "train"
         return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate, persistent_workers=self.num_workers > 0,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          persistent_workers=self.num_workers > 0,
                           drop_last=train and len(ds) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
@@ -158,6 +169,15 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class ClassificationDataModule(VitlabDataModule):
+    """Classification data: samples are ``(HWC uint8 image, int label)``, batches ``collate``'s."""
+
+    collate_fn = staticmethod(collate)
+
+    def _wrap(self, samples: Dataset, preprocess: PreprocessCfg, augment) -> Dataset:
+        return TransformedDataset(samples, make_sample_transform(preprocess, augment))
 
 
 class FashionMNISTDataModule(ClassificationDataModule):

@@ -18,6 +18,11 @@ from vitlab.preprocess import PreprocessCfg
 
 _FORBIDDEN = ("Normalize", "ToTensorV2", "ToFloat")
 
+# The one declaration of how detection pipelines carry boxes: x1, y1, x2, y2 in pixels with their class labels;
+# boxes leaving the image are clipped, and dropped when less than 30 % of them (or under 4x4 px) stays visible.
+BBOX_PARAMS = {"format": "pascal_voc", "label_fields": ["labels"], "min_visibility": 0.3, "min_area": 16.0,
+               "clip": True}
+
 
 def _names(t) -> list[str]:
     children = getattr(t, "transforms", None) or []
@@ -40,8 +45,11 @@ def _first_without_p(root) -> str | None:
     return next((m for c in children or [] if (m := _without_p(c))), None)
 
 
-def load_pipeline(path: str | os.PathLike):
-    """An ``A.Compose`` from a YAML file; errors name the file and what is wrong."""
+def load_pipeline(path: str | os.PathLike, bboxes: bool = False):
+    """An ``A.Compose`` from a YAML file; errors name the file and what is wrong.
+
+    ``bboxes=True`` (detection) attaches ``BBOX_PARAMS``, so the pipeline transforms ``bboxes`` and ``labels``
+    with the image; the YAML must not declare its own ``bbox_params``."""
     import albumentations as A
     import yaml
 
@@ -58,6 +66,11 @@ def load_pipeline(path: str | os.PathLike):
     if missing_p:
         raise VitlabError(f"augment pipeline {path}: {missing_p} has no 'p'; set it explicitly "
                           "(Albumentations' from_dict would silently default it to 0.5)")
+    if bboxes:
+        if spec["transform"].get("bbox_params"):
+            raise VitlabError(f"augment pipeline {path}: remove bbox_params (vitlab sets them: "
+                              "vitlab.data.transforms.BBOX_PARAMS)")
+        spec = {**spec, "transform": {**spec["transform"], "bbox_params": BBOX_PARAMS}}
     try:
         pipeline = A.from_dict(spec)
     except Exception as e:  # albumentations raises ValueError/KeyError/TypeError/pydantic errors for bad specs
@@ -66,7 +79,20 @@ def load_pipeline(path: str | os.PathLike):
     bad = [n for n in _names(pipeline) if n in _FORBIDDEN]
     if bad:
         raise VitlabError(f"augment pipeline {path}: remove {bad[0]} (normalisation runs inside the model)")
+    if bboxes:
+        _check_with_boxes(pipeline, path)
     return pipeline
+
+
+def _check_with_boxes(pipeline, path: Path) -> None:
+    """Run a detection pipeline once on a blank image with one box, so that a transform that cannot carry boxes
+    fails now, naming the file, not in a DataLoader worker."""
+    try:
+        pipeline(image=np.zeros((64, 96, 3), np.uint8), bboxes=np.array([[8.0, 8.0, 40.0, 40.0]], np.float32),
+                 labels=np.zeros(1, np.int64))
+    except Exception as e:  # noqa: BLE001 - albumentations raises many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitlabError(f"augment pipeline {path}: does not work with boxes: {type(e).__name__}: {msg}") from None
 
 
 def make_sample_transform(preprocess: PreprocessCfg, augment=None) -> Callable[[np.ndarray], np.ndarray]:

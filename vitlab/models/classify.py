@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import VitlabError
 from vitlab.models.backbone import ViTBackbone, load_weights
 from vitlab.models.stem import conv_stem
 from vitlab.preprocess import PreprocessCfg
@@ -63,6 +64,9 @@ def create_model(name: str | os.PathLike, num_classes: int | None = None,
     1000. ``options``: img_size, patch_size, in_chans, drop_path_rate, dynamic_img_size, ... (see registry).
     """
     spec = resolve(name, options)
+    if spec.preprocess.task != "classification":
+        raise VitlabError(f"model {os.fspath(name)!r} is a {spec.preprocess.task} variant, not a classifier; "
+                          "build it with its task's create function (vitlab.create_detector for detection)")
     pre, pretrained = spec.preprocess, _weights(spec, pretrained)
     if num_classes is None:
         num_classes = len(labels or pre.labels) or 1000

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 
 from vitlab.errors import VitlabError
+from vitlab.tasks.base import VitlabTask
 from vitlab.tasks.classification import ClassificationTask
+from vitlab.tasks.detection import DetectionTask
 
-TASKS = {"ClassificationTask": ClassificationTask}
+# the task name saved in a checkpoint (``vitlab_task``) -> its class, for vitlab.load
+TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask}
 
 
 def load_task(path: str | os.PathLike, map_location: str = "cpu"):
@@ -34,4 +37,4 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     return task.eval()
 
 
-__all__ = ["ClassificationTask", "load_task"]
+__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "VitlabTask", "load_task"]

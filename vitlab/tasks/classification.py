@@ -3,17 +3,15 @@
 
 Loss: cross-entropy with label smoothing, optional Mixup/CutMix (Zhang et al. 2018; Yun et al. 2019) via timm.
 Optimiser: AdamW with linear warmup + cosine decay, optional layer-wise LR decay (BEiT, Bao et al. 2021) and
-EMA weights (Lightning's EMAWeightAveraging). Every constructor argument is plain data, so the task rebuilds
-from its checkpoint alone.
+EMA weights (Lightning's EMAWeightAveraging); the optimiser, the report folder and the checkpoint's task name
+come from ``VitlabTask`` (tasks/base.py). Every constructor argument is plain data, so the task rebuilds from its
+checkpoint alone.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -27,7 +25,7 @@ from torchmetrics.classification import (
 
 from vitlab.errors import VitlabError
 from vitlab.models.classify import create_model
-from vitlab.preprocess import PreprocessCfg
+from vitlab.tasks.base import VitlabTask
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -40,7 +38,7 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     }, prefix=prefix)
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(VitlabTask):
     def __init__(self, model_name: str = "vitlab_fmnist", num_classes: int = 10,
                  class_names: list[str] | None = None, model_options: dict[str, Any] | None = None,
                  pretrained: str | bool | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
@@ -75,10 +73,6 @@ class ClassificationTask(L.LightningModule):
         self.confusion = MulticlassConfusionMatrix(num_classes)
         self.skipped_images = 0
 
-    @property
-    def preprocess(self) -> PreprocessCfg:
-        return self.model.preprocess
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
@@ -89,17 +83,7 @@ class ClassificationTask(L.LightningModule):
             return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
         return []
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vitlab_task"] = type(self).__name__
-
     # --- steps -----------------------------------------------------------------------------------------
-    def _count_skipped(self, batch: dict[str, Any]) -> bool:
-        skipped = int(batch.get("skipped", 0))
-        if skipped:
-            self.skipped_images += skipped
-            self.log("data/skipped_images", float(self.skipped_images), reduce_fx="max")
-        return batch["image"].numel() > 0
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if not self._count_skipped(batch):
             return None
@@ -142,48 +126,7 @@ class ClassificationTask(L.LightningModule):
 
         cm = self.confusion.compute().cpu()
         self.confusion.reset()
+        out = self.report_dir()  # on every rank (a broadcast)
         if self.trainer.is_global_zero:
             names = list(self.preprocess.labels) or [str(i) for i in range(self.hparams.num_classes)]
-            write_classification_report(cm, names, self.report_dir())
-
-    def report_dir(self) -> Path:
-        """Where ``test`` writes its confusion matrix and per-class tables: the logger's version folder, or
-        ``default_root_dir/test_report`` without a logger (never loose files in the working directory)."""
-        if self.trainer.loggers and self.trainer.log_dir:
-            return Path(self.trainer.log_dir)
-        return Path(self.trainer.default_root_dir) / "test_report"
-
-    # --- optimisation ----------------------------------------------------------------------------------
-    def _param_groups(self) -> list[dict[str, Any]]:
-        from timm.optim import param_groups_layer_decay, param_groups_weight_decay
-
-        vit, wd = self.model.backbone.vit, self.hparams.weight_decay
-        if self.hparams.layer_decay:
-            groups = param_groups_layer_decay(vit, weight_decay=wd, layer_decay=self.hparams.layer_decay)
-        else:
-            groups = param_groups_weight_decay(vit, weight_decay=wd)
-        head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
-        return [*groups, {"params": head, "weight_decay": wd}]
-
-    def build_optimizer(self, total_steps: int, steps_per_epoch: float):
-        """AdamW over the (layer-decayed) parameter groups + per-step warmup-cosine LambdaLR."""
-        h = self.hparams
-        opt = torch.optim.AdamW(self._param_groups(), lr=h.lr, betas=tuple(h.betas))
-        for g in opt.param_groups:  # timm's layer-decay groups carry their own multiplier
-            g["lr"] = h.lr * g.get("lr_scale", 1.0)
-        total = max(1, total_steps)
-        warmup = min(int(h.warmup_epochs * steps_per_epoch), total - 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        opt, sched = self.build_optimizer(total, total / epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            write_classification_report(cm, names, out)
