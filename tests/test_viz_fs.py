@@ -126,6 +126,10 @@ def test_atomic_csv_logger_rewrites_whole_file_with_growing_header(tmp_path):
     logger.save()
     path = tmp_path / "logs" / "version_0" / "metrics.csv"
     assert path.read_text().splitlines() == ["a,b,step", "1.0,,0", "2.0,3.0,1"]
+    again = AtomicCSVLogger(tmp_path, name="logs", version=0)  # a run resumed into the same version
+    again.log_metrics({"a": 4.0}, step=2)
+    again.save()
+    assert path.read_text().splitlines() == ["a,b,step", "1.0,,0", "2.0,3.0,1", "4.0,,2"]
 
 
 

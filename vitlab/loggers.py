@@ -25,6 +25,9 @@ class _AtomicWriter(ExperimentWriter):
             with open(self.metrics_file_path, newline="") as f:
                 self._rows = list(csv.DictReader(f))
 
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's writer deletes an existing ``metrics.csv`` here; this one keeps its rows and rewrites them."""
+
     def save(self) -> None:
         if not self.metrics:
             return
