@@ -104,15 +104,10 @@ class VitlabDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # --- what data subclasses provide -------------------------------------------------------------
-    def train_pool(self) -> Dataset:
-        """Samples for training; ``val_fraction`` of them are held out for validation unless ``val_set`` exists."""
+    def split_set(self, split: str) -> Dataset | None:
+        """The samples of ``split`` (``train``, ``val``, ``test``) as the data gives them, or None. ``train`` is
+        required; without ``val``, ``val_fraction`` of ``train`` is held out; without ``test``, test runs on val."""
         raise NotImplementedError
-
-    def val_set(self) -> Dataset | None:
-        return None
-
-    def test_set(self) -> Dataset | None:
-        return None
 
     # --- Lightning hooks --------------------------------------------------------------------------
     def _resolve_preprocess(self) -> PreprocessCfg:
@@ -125,8 +120,8 @@ class VitlabDataModule(L.LightningDataModule):
         return self.preprocess
 
     def _train_val(self) -> tuple[Dataset, Dataset]:
-        """The training pool and the validation set: ``val_set()``, else ``val_fraction`` held out by seed."""
-        pool, val = self.train_pool(), self.val_set()
+        """The training pool and the validation set: ``split_set("val")``, else ``val_fraction`` held out by seed."""
+        pool, val = self.split_set("train"), self.split_set("val")
         if val is None:
             order = np.random.default_rng(self.seed).permutation(len(pool))  # type: ignore[arg-type]
             n_val = int(round(len(order) * self.val_fraction))
@@ -141,7 +136,7 @@ class VitlabDataModule(L.LightningDataModule):
             self._sets["train"] = self._wrap(pool, pre, self.augment)
             self._sets["val"] = self._wrap(val, pre, None)
         if stage in ("test", "predict"):
-            test = self.test_set()
+            test = self.split_set("test")
             if test is None:
                 test = self._train_val()[1]
                 if not len(test):  # type: ignore[arg-type]
@@ -198,11 +193,8 @@ class FashionMNISTDataModule(ClassificationDataModule):
         n = self.limit or len(labels)
         return ArrayDataset(images[:n], labels[:n])
 
-    def train_pool(self) -> Dataset:
-        return self._split("train")
-
-    def test_set(self) -> Dataset:
-        return self._split("test")
+    def split_set(self, split: str) -> Dataset | None:
+        return self._split(split) if split != "val" else None  # val: held out of the 60k training images
 
 
 class _FileListDataModule(ClassificationDataModule):
@@ -221,18 +213,9 @@ class _FileListDataModule(ClassificationDataModule):
         self._lists = {"train": train, "val": val, "test": test}
         self.on_bad_image = on_bad_image
 
-    def _files(self, split: str) -> FileListDataset | None:
+    def split_set(self, split: str) -> FileListDataset | None:
         lst = self._lists[split]
         return FileListDataset(lst[0], lst[1], self.on_bad_image) if lst else None
-
-    def train_pool(self) -> Dataset:
-        return self._files("train")
-
-    def val_set(self) -> Dataset | None:
-        return self._files("val")
-
-    def test_set(self) -> Dataset | None:
-        return self._files("test")
 
 
 class ImageFolderDataModule(_FileListDataModule):

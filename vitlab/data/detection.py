@@ -271,18 +271,9 @@ class CocoDetectionDataModule(VitlabDataModule):
     def _wrap(self, samples: Dataset, preprocess: PreprocessCfg, augment) -> Dataset:
         return DetectionSamples(samples, preprocess, augment)
 
-    def _dataset(self, split: str) -> CocoDetectionDataset | None:
+    def split_set(self, split: str) -> CocoDetectionDataset | None:
         coco = self._coco[split]
         return CocoDetectionDataset(coco.images, self.on_bad_image) if coco else None
-
-    def train_pool(self) -> Dataset:
-        return self._dataset("train")
-
-    def val_set(self) -> Dataset | None:
-        return self._dataset("val")
-
-    def test_set(self) -> Dataset | None:
-        return self._dataset("test")
 
     # --- the ground truth as COCO files ------------------------------------------------------------
     def coco_images(self, split: str) -> Path:
