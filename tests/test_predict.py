@@ -247,7 +247,8 @@ def test_two_process_prediction_with_a_lost_input_fails_on_every_rank_at_once(tr
         os.killpg(child.pid, signal.SIGKILL)  # rank 0 and rank 1 (same process group)
         pytest.fail(f"a rank was still waiting after 120 s: {child.communicate()[1][-3000:]}")
     message = "vitlab: error: distributed prediction: 1 of 5 inputs got no answer (first: [1])"
-    assert child.returncode != 0 and [line for line in err.splitlines() if "error" in line] == [message] * 2
+    # both ranks say it (their writes to the shared pipe may land on one line), and nothing else errs
+    assert child.returncode != 0 and err.count(message) == 2 and err.count("error") == 2, err[-3000:]
     assert not out.exists() and not list(tmp_path.glob("*.part"))
 
 

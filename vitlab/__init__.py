@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 
 def export_onnx(source, out_dir, precision="fp32", **options):
-    """Export a checkpoint / task / classifier to ONNX; see ``vitlab.onnx.export_onnx``."""
+    """Export a checkpoint / task / classifier or detector to ONNX; see ``vitlab.onnx.export_onnx``."""
     from vitlab.onnx import export_onnx as _export
 
     return _export(source, out_dir, precision, **options)

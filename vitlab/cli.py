@@ -109,51 +109,63 @@ def export_command(argv: list[str]) -> None:
     from vitlab.onnx import export_onnx
 
     ap = argparse.ArgumentParser(prog="vitlab export", description="Export a checkpoint to ONNX: uint8 images in, "
-                                 "probs and logits out, one fused attention node per block, metadata inside.")
+                                 "probs and logits (classification) or boxes, scores, labels, num_dets with NMS "
+                                 "inside (detection) out, one fused attention node per block, metadata inside.")
     ap.add_argument("checkpoint")
     ap.add_argument("--out", required=True, help="output folder: model[.PRECISION].onnx and report.json")
     ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
     ap.add_argument("--opset", type=int, default=23)
     ap.add_argument("--attention", default="onnx", choices=["onnx", "ort-mha"],
                     help="onnx: standard Attention op; ort-mha: com.microsoft.MultiHeadAttention")
-    ap.add_argument("--eval-data", default=None, help="held-out images for the report: fashion-mnist or a folder")
+    ap.add_argument("--eval-data", nargs="+", default=None, metavar="DATA",
+                    help="held-out images for the report: fashion-mnist or a folder (classification); "
+                    "IMAGES_DIR ANNOTATIONS.json (COCO) or scenes (detection)")
     ap.add_argument("--num-eval", type=int, default=10000)
-    ap.add_argument("--calib-data", default=None, help="training images for static int8 (default: dynamic int8)")
+    ap.add_argument("--calib-data", nargs="+", default=None, metavar="DATA",
+                    help="training images for static int8, as --eval-data (default: dynamic int8)")
     ap.add_argument("--num-calib", type=int, default=512)
     ap.add_argument("--allow-degraded", action="store_true", help="keep variants that miss the accuracy budget")
     a = ap.parse_args(argv)
+    def one_or_pair(v: list[str] | None):  # a folder / name, or a COCO (images, annotations) pair
+        return v[0] if v and len(v) == 1 else tuple(v) if v else None
+
     results = export_onnx(a.checkpoint, a.out, a.precision, opset=a.opset, attention=a.attention,
-                          eval_data=a.eval_data, num_eval=a.num_eval, calib_data=a.calib_data,
-                          num_calib=a.num_calib, allow_degraded=a.allow_degraded)
+                          eval_data=one_or_pair(a.eval_data), num_eval=a.num_eval,
+                          calib_data=one_or_pair(a.calib_data), num_calib=a.num_calib,
+                          allow_degraded=a.allow_degraded)
     for prec, r in results.items():
-        acc = r.report.get("accuracy_onnx_pct")
-        print(f"{prec:>5}: {r.path}  agreement {r.report['top1_agreement_pct']:.2f}%"
-              + (f"  accuracy {acc:.2f}% (torch {r.report['accuracy_torch_pct']:.2f}%)" if acc is not None else "")
-              + f"  {r.report['file_bytes'] / 1e6:.2f} MB  [{r.report['status']}]")
+        print(f"{prec:>5}: {r.path}  {r.summary}  {r.report['file_bytes'] / 1e6:.2f} MB  [{r.report['status']}]")
     print(f"report: {Path(a.out) / 'report.json'}")
 
 
 def predict_command(argv: list[str]) -> None:
-    """``vitlab predict MODEL(.ckpt|.onnx) SOURCES... --out preds.jsonl|.csv [--resume] [--overlays DIR]``"""
+    """``vitlab predict MODEL(.ckpt|.onnx) SOURCES... --out preds.jsonl|.csv [--resume] [--overlays DIR]``, or
+    ``--out preds.json --format coco --annotations GT.json`` for a detector's COCO results."""
     import argparse
     import time
 
+    from vitlab_edge.records import DECODERS, decoder_for
     from vitlab_edge.sources import expand_inputs
 
-    from vitlab.inference.writers import check_output, read_records, write_records
+    from vitlab.inference.writers import check_output, read_records, write_coco, write_records
 
     ap = argparse.ArgumentParser(prog="vitlab predict", description="Predict images with a checkpoint or an "
                                  "exported ONNX model: one record per input, in input order. (With --config, "
                                  "`vitlab predict` is Lightning's predict subcommand instead.)")
-    ap.add_argument("model", help="a vitlab .ckpt or an exported .onnx")
+    ap.add_argument("model", help="a vitlab .ckpt or an exported .onnx (classifier or detector)")
     ap.add_argument("sources", nargs="+", help="image files, folders (recursive), globs, .txt lists of paths")
-    ap.add_argument("--out", required=True, help="output .jsonl or .csv (written atomically)")
+    ap.add_argument("--out", required=True, help="output .jsonl or .csv (written atomically); .json with "
+                    "--format coco")
+    ap.add_argument("--format", default=None, choices=["jsonl", "csv", "coco"],
+                    help="default: by the --out suffix; coco: a detector's COCO results JSON (needs --annotations)")
+    ap.add_argument("--annotations", default=None, help="with --format coco: the ground-truth COCO JSON whose "
+                    "file_name / categories give image_id / category_id")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: spare cores, max 4)")
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--device", default=None, help="torch device for checkpoints (default: cuda if available)")
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
-    ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label")
+    ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label, or boxes")
     ap.add_argument("--explain", action="store_true", help="attention-rollout heatmaps in the overlays (.ckpt)")
     ap.add_argument("--resume", action="store_true", help="skip inputs already answered in --out")
     ap.add_argument("--devices", default="1", help="Lightning devices for multi-device prediction (.ckpt)")
@@ -161,25 +173,41 @@ def predict_command(argv: list[str]) -> None:
     ap.add_argument("--strategy", default="ddp")
     ap.add_argument("--accelerator", default="auto")
     a = ap.parse_args(argv)
-    out = check_output(a.out)
+    coco = a.format == "coco"
+    if coco:
+        out = Path(a.out)
+        if out.suffix != ".json" or a.annotations is None or a.resume:
+            raise VitlabError("--format coco writes a .json (--out X.json) for the --annotations GT.json, without "
+                              "--resume")
+    else:
+        out = check_output(a.out)
+        if a.format is not None and out.suffix != f".{a.format}":
+            raise VitlabError(f"--format {a.format} needs an --out name ending in .{a.format}, got {out}")
     items = expand_inputs(a.sources, error=VitlabError)  # a folder/glob/list that names nothing: one line
     if not items:
         raise VitlabError(f"no inputs: {' '.join(a.sources)} matched no image files")
     done = {r["source"]: r for r in read_records(out)} if a.resume and out.is_file() else {}
     todo = [it for it in items if str(it) not in done]
     t0 = time.perf_counter()
+    task = next((d.task for d in DECODERS.values() if done and set(d.fields) <= set(next(iter(done.values())))),
+                "classification")  # the task of the earlier records, when nothing is left to predict
     if not todo:
-        new, backend = iter(()), "nothing left to predict"
+        new, backend, labels = iter(()), "nothing left to predict", []
     elif a.devices not in ("1", 1) or a.num_nodes > 1:
+        from vitlab.inference.backends import task_options
         from vitlab.inference.distributed import predict_distributed
         from vitlab.tasks import load_task
 
         if Path(a.model).suffix == ".onnx":
             raise VitlabError("multi-device prediction runs checkpoints; an .onnx model runs in one process")
         devices = int(a.devices) if a.devices.isdigit() else a.devices
-        part = out.with_name(f".{out.stem}.new{out.suffix}")
-        if not predict_distributed(load_task(a.model).model, todo, part, devices, a.num_nodes, a.strategy,
-                                   a.accelerator, a.batch_size, a.workers, a.topk, progress=None):
+        part = out.with_name(f".{out.stem}.new.jsonl")  # JSONL keeps every task's fields; read back below
+        trained = load_task(a.model)
+        task, labels = trained.preprocess.task, list(trained.preprocess.labels)
+        if coco and "boxes" not in decoder_for(task).fields:
+            raise VitlabError(f"--format coco writes detections; {a.model} is a {task} model")
+        if not predict_distributed(trained.model, todo, part, devices, a.num_nodes, a.strategy, a.accelerator,
+                                   a.batch_size, a.workers, a.topk, progress=None, options=task_options(trained)):
             return  # not rank 0: rank 0 merges and writes
         new = iter(read_records(part))
         part.unlink()
@@ -188,9 +216,12 @@ def predict_command(argv: list[str]) -> None:
         from vitlab.inference import Predictor
 
         predictor = Predictor.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None)
+        task, labels = predictor.task, list(predictor.labels)
         new = (p.to_dict() for p in predictor.stream(todo, a.batch_size, a.workers, a.topk, a.overlays, a.explain,
                                                      progress=None))  # a bar on a terminal, nothing in a pipe
         backend = predictor.backend.name
+    if coco and "boxes" not in decoder_for(task).fields:  # (the stream has not started: nothing ran yet)
+        raise VitlabError(f"--format coco writes detections; {a.model} is a {task} model")
     errors = 0
 
     def merged():
@@ -201,7 +232,10 @@ def predict_command(argv: list[str]) -> None:
             yield rec
         next(new, None)  # run the stream to its end, so that its progress bar closes before the summary line
 
-    n = write_records(merged(), out)
+    if coco:
+        n = write_coco(merged(), out, a.annotations, labels)
+    else:
+        n = write_records(merged(), out, decoder_for(task).csv_fields)
     print(f"vitlab: {n} records ({errors} errors, {len(items) - len(todo)} from the earlier output) -> {out} "
           f"[{backend}] in {time.perf_counter() - t0:.1f} s")
 

@@ -1,6 +1,7 @@
 """``vitlab-edge``: run an exported vitlab model over images without torch.
 
     vitlab-edge predict model.onnx photos/ 'more/**/*.jpg' list.txt --out preds.jsonl   # or preds.csv
+    vitlab-edge predict detector.onnx val/ --out results.json --format coco --annotations val.json
     vitlab-edge info model.onnx
 """
 
@@ -12,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vitlab_edge.files import OUTPUT_FORMATS, write_records
+from vitlab_edge.files import OUTPUT_FORMATS, write_coco, write_records
 from vitlab_edge.metadata import ModelFormatError
 from vitlab_edge.model import EdgeModel
 from vitlab_edge.session import RuntimeMissingError
@@ -27,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="predict images, one record per input, in input order")
     pred.add_argument("model")
     pred.add_argument("images", nargs="+", help="image files, folders (searched recursively), globs, .txt lists")
-    pred.add_argument("--out", required=True, help="a .jsonl or .csv file (written atomically)")
+    pred.add_argument("--out", required=True, help="a .jsonl or .csv file (written atomically); .json for coco")
+    pred.add_argument("--format", default=None, choices=["coco"], help="coco: a detector's COCO results JSON")
+    pred.add_argument("--annotations", default=None, help="with --format coco: the ground-truth COCO JSON")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--topk", type=int, default=5)
     pred.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
@@ -39,7 +42,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    if args.command == "predict" and Path(args.out).suffix not in OUTPUT_FORMATS:
+    if args.command == "predict" and args.format == "coco":
+        if Path(args.out).suffix != ".json" or args.annotations is None:
+            ap.error("--format coco needs --out X.json and --annotations GT.json")
+    elif args.command == "predict" and Path(args.out).suffix not in OUTPUT_FORMATS:
         ap.error(f"--out {args.out}: use a .jsonl or .csv file name")
     logging.basicConfig(level=logging.INFO, format="vitlab-edge: %(message)s")
     try:
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             print(json.dumps({"providers": model.providers, **model.metadata}, indent=2))
             return 0
+        if args.format == "coco" and "boxes" not in model.decoder.fields:
+            raise ModelFormatError(f"{args.model}: --format coco writes detections, this is a {model.task} model")
         return predict(model, expand_inputs(args.images), args)
     except USER_ERRORS as e:
         print(f"vitlab-edge: error: {e}", file=sys.stderr)
@@ -64,7 +72,13 @@ def predict(model: EdgeModel, files: list[str], args: argparse.Namespace) -> int
             errors += rec["error"] is not None
             yield rec
 
-    n = write_records(counted(), args.out)
+    if args.format == "coco":
+        try:
+            n = write_coco(counted(), args.out, args.annotations, model.labels)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFormatError(f"COCO results for {args.annotations}: {e}") from None
+    else:
+        n = write_records(counted(), args.out, model.decoder.csv_fields)
     print(f"vitlab-edge: {n} records ({errors} errors) -> {args.out} [{', '.join(model.providers)}]")
     return 0
 

@@ -1,5 +1,6 @@
 """Atomic file writes (write beside the target, fsync, then rename, so readers never see half a file) and the
-record writers vitlab and the edge kit share: JSONL and CSV, one record per line."""
+record writers vitlab and the edge kit share: JSONL and CSV, one record per line, and COCO results JSON for
+detection records (``write_coco``)."""
 
 from __future__ import annotations
 
@@ -58,26 +59,96 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> i
     return n
 
 
-def write_csv(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
-    """One CSV row per record (``CSV_FIELDS``, ``topk`` as JSON text), written atomically; the count."""
+def write_csv(records: Iterable[dict[str, Any]], path: str | os.PathLike,
+              fields: tuple[str, ...] | list[str] = CSV_FIELDS) -> int:
+    """One CSV row per record with the columns ``fields`` (default: classification's ``CSV_FIELDS``; a task's
+    are ``RecordDecoder.csv_fields``), lists (``topk``, ``boxes``, ...) as JSON text, written atomically; the
+    count."""
     n = 0
 
     def write(tmp: Path) -> None:
         nonlocal n
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, list(fields), extrasaction="ignore")
             w.writeheader()
             for rec in records:
-                w.writerow({**rec, "topk": json.dumps(rec.get("topk", []))})
+                w.writerow({k: json.dumps(rec.get(k, [])) if k in JSON_COLUMNS else rec.get(k) for k in fields})
                 n += 1
 
     atomic_write(path, write)
     return n
 
 
-def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
-    """JSONL or CSV by the name's suffix (``OUTPUT_FORMATS``; another raises ValueError); the count."""
+JSON_COLUMNS = ("topk", "boxes", "scores", "labels", "class_ids")  # CSV cells holding JSON lists
+
+
+def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike,
+                  fields: tuple[str, ...] | list[str] = CSV_FIELDS) -> int:
+    """JSONL or CSV by the name's suffix (``OUTPUT_FORMATS``; another raises ValueError; ``fields``: the CSV
+    columns); the count."""
     suffix = Path(path).suffix
     if suffix not in OUTPUT_FORMATS:
         raise ValueError(f"output {path}: use a .jsonl or .csv file name")
-    return (write_jsonl if suffix == ".jsonl" else write_csv)(records, path)
+    if suffix == ".jsonl":
+        return write_jsonl(records, path)
+    return write_csv(records, path, fields)
+
+
+# --- COCO results ------------------------------------------------------------------------------------------------
+def coco_image_ids(annotations: dict[str, Any]) -> Callable[[str], int | None]:
+    """A lookup ``source path -> image_id`` for a COCO ground-truth document: a source matches an image whose
+    ``file_name`` (relative to its images folder) is the tail of the source's path; the longest such name wins."""
+    by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for im in annotations.get("images", []):
+        parts = tuple(p for p in Path(str(im["file_name"]).replace("\\", "/")).parts if p not in ("", "."))
+        if parts:
+            by_name.setdefault(parts[-1], []).append((parts, int(im["id"])))
+
+    def lookup(source: str) -> int | None:
+        parts = Path(source).parts
+        found = [(len(p), i) for p, i in by_name.get(parts[-1] if parts else "", []) if parts[-len(p):] == p]
+        return max(found)[1] if found else None
+
+    return lookup
+
+
+def coco_category_ids(annotations: dict[str, Any], labels: list[str]) -> list[int]:
+    """``class_id -> COCO category_id`` for a model whose class names are ``labels``: by name when each label names
+    exactly one category of ``annotations``, else by position among the categories sorted by id (the rule vitlab's
+    COCO reader gives labels by); ValueError when neither fits."""
+    cats = sorted(annotations.get("categories", []), key=lambda c: int(c["id"]))
+    names = [str(c.get("name", "")) for c in cats]
+    if labels and all(names.count(n) == 1 for n in labels):
+        return [int(cats[names.index(n)]["id"]) for n in labels]
+    if len(cats) == len(labels) or not labels:
+        return [int(c["id"]) for c in cats]
+    raise ValueError(f"the model's {len(labels)} classes ({', '.join(labels[:5])}, ...) match neither the names nor "
+                     f"the number of the {len(cats)} categories of the annotations")
+
+
+def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annotations: str | os.PathLike,
+               labels: list[str]) -> int:
+    """COCO results JSON (a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``) from detection
+    records, written atomically: sources mapped to ``image_id`` by file name in the ground truth ``annotations``
+    (``coco_image_ids``), class ids to category ids (``coco_category_ids``). Error records add nothing; a source
+    the annotations do not list raises ValueError. Returns the number of records read."""
+    doc = json.loads(Path(annotations).read_text(encoding="utf-8"))
+    image_id, category = coco_image_ids(doc), coco_category_ids(doc, list(labels))
+    results: list[dict[str, Any]] = []
+    n = 0
+    for rec in records:
+        n += 1
+        if rec.get("error") is not None:
+            continue
+        iid = image_id(str(rec["source"]))
+        if iid is None:
+            raise ValueError(f"{rec['source']} is not an image of {annotations} (no file_name matches it)")
+        for (x1, y1, x2, y2), score, k in zip(rec["boxes"], rec["scores"], rec["class_ids"]):
+            results.append({"image_id": iid, "category_id": category[int(k)], "score": float(score),
+                            "bbox": [x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)]})
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(results))
+
+    atomic_write(path, write)
+    return n

@@ -5,6 +5,11 @@ Keys (format 1): ``format``, ``task``, ``labels``, ``input_size`` [C, H, W], ``m
 already applied inside the graph), ``interpolation``, ``resize`` (squash | center_crop | letterbox),
 ``crop_pct``, ``inputs`` / ``outputs`` (tensor names), ``input_dtype`` ("uint8"), ``backbone``, ``depth``,
 ``attention`` (onnx | ort-mha), ``opset``, ``precision`` (fp32 | fp16 | int8), ``vitlab_version``.
+
+``task`` says what the outputs are: ``classification`` (``probs``, ``logits`` ``[N, K]``) or ``detection``
+(``boxes`` ``[N, max_det, 4]`` x1, y1, x2, y2 in model-input pixels, ``scores`` ``[N, max_det]``, ``labels`` int64
+``[N, max_det]``, ``num_dets`` int64 ``[N]``; rows past ``num_dets`` are padding), with the post-processing the graph
+runs: ``score_thresh``, ``nms_thresh``, ``topk``, ``max_det``, ``class_agnostic``; its ``resize`` is ``letterbox``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ METADATA_KEY = "vitlab"
 FORMAT = 1
 REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolation", "resize", "crop_pct",
             "inputs", "outputs", "precision")
+# per task: the keys it adds and the outputs its graph has
+TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "max_det", "class_agnostic")}
+TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets")}
 
 
 class ModelFormatError(ValueError):
@@ -39,6 +47,21 @@ def parse_metadata(text: str | None, source: str) -> dict[str, Any]:
     if meta["format"] > FORMAT:
         raise ModelFormatError(f"{source}: metadata format {meta['format']} is newer than this kit understands "
                                f"({FORMAT}); upgrade vitlab-edge")
+    task = "detection" if meta["task"] == "detect" else meta["task"]  # the short name some metadata may use
+    if task not in TASK_KEYS:
+        raise ModelFormatError(f"{source}: task {task!r} is not one this kit serves ({', '.join(TASK_KEYS)}); "
+                               "upgrade vitlab-edge")
+    missing = [k for k in TASK_KEYS[task] if k not in meta]
+    if missing:
+        raise ModelFormatError(f"{source}: '{METADATA_KEY}' metadata of a {task} model lacks {', '.join(missing)}; "
+                               "re-export the model")
+    lacking = [o for o in TASK_OUTPUTS[task] if o not in meta["outputs"]]
+    if lacking:
+        raise ModelFormatError(f"{source}: a {task} model must have outputs {list(TASK_OUTPUTS[task])}, the "
+                               f"metadata lists {meta['outputs']}")
+    if task == "detection" and (meta["resize"] != "letterbox" or int(meta["max_det"]) < 1):
+        raise ModelFormatError(f"{source}: a detection model needs resize 'letterbox' and max_det >= 1, the "
+                               f"metadata says {meta['resize']!r}, {meta['max_det']}")
     c, h, w = meta["input_size"]
     if c not in (1, 3) or h < 1 or w < 1:
         raise ModelFormatError(f"{source}: bad input_size {meta['input_size']} in the metadata")

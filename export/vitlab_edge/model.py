@@ -3,8 +3,11 @@
     model = EdgeModel("model.onnx")
     records = model.predict(["shoe.jpg", pil_image, hwc_uint8_array], topk=3)
 
-Each input gets exactly one record, in input order: ``{"index", "source", "label", "class_id", "prob", "topk",
-"error"}``; an unreadable input gets ``error`` (the reason) and no prediction, and the batch goes on.
+Each input gets exactly one record, in input order: ``{"index", "source", <the task's fields>, "error"}``, where
+the fields come from the task's decoder in ``vitlab_edge.records`` (chosen by the metadata's ``task``):
+classification ``label``, ``class_id``, ``prob``, ``topk``; detection ``boxes`` (in the original image's pixels),
+``scores``, ``labels``, ``class_ids``. An unreadable input gets ``error`` (the reason) and no prediction, and the
+batch goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, resize, to_hwc_uint8, to_layout
 from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
 from vitlab_edge.progress import Progress
+from vitlab_edge.records import RecordDecoder, RowContext, decoder_for, topk_record
 from vitlab_edge.session import RuntimeMissingError, create_session
 from vitlab_edge.sources import iter_inputs
 
@@ -44,6 +48,10 @@ class EdgeModel:
         if names != list(self.metadata["inputs"]):
             raise ModelFormatError(f"{self.path}: graph inputs {names} differ from the metadata's "
                                    f"{self.metadata['inputs']}")
+        try:
+            self.decoder: RecordDecoder = decoder_for(self.metadata["task"])
+        except ValueError as e:
+            raise ModelFormatError(f"{self.path}: {e}; upgrade vitlab-edge") from None
         self.max_pixels = max_pixels
 
     @property
@@ -59,13 +67,22 @@ class EdgeModel:
         c, h, w = self.metadata["input_size"]
         return int(c), int(h), int(w)
 
+    @property
+    def task(self) -> str:
+        return self.decoder.task
+
     def preprocess(self, image: Any) -> np.ndarray:
         """A path, PIL image or HWC/HW uint8 array -> the model's CHW uint8 input, as the metadata says."""
+        return self.prepare(image)[0]
+
+    def prepare(self, image: Any) -> tuple[np.ndarray, tuple[int, int]]:
+        """``preprocess`` plus the decoded image's ``(h, w)`` (EXIF applied), which detection boxes map back to."""
         array = to_hwc_uint8(image, self.max_pixels)
         m = self.metadata
         c, h, w = self.input_size
+        hw = (int(array.shape[0]), int(array.shape[1]))
         array = resize(array, (h, w), m["resize"], m["interpolation"], float(m["crop_pct"]))
-        return to_layout(array, c)
+        return to_layout(array, c), hw
 
     def run(self, batch: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Raw outputs (all, or the ``outputs`` named) for a ready ``[N, C, H, W]`` uint8 batch."""
@@ -103,12 +120,13 @@ class EdgeModel:
                 yield from self._predict_chunk(chunk, topk, bar)
 
     def _predict_chunk(self, chunk: list[tuple[int, Any]], topk: int, bar: Progress) -> list[dict[str, Any]]:
-        records, ready, arrays = [], [], []
+        records, ready, arrays, sizes = [], [], [], []
         for i, image in chunk:
-            rec = {"index": i, "source": describe_input(image, i), "label": None, "class_id": None, "prob": None,
-                   "topk": [], "error": None}
+            rec = {"index": i, "source": describe_input(image, i), **self.decoder.empty(), "error": None}
             try:
-                arrays.append(self.preprocess(image))
+                array, hw = self.prepare(image)
+                arrays.append(array)
+                sizes.append(hw)
                 ready.append(rec)
             except ImageReadError as e:
                 rec["error"] = e.reason
@@ -116,20 +134,15 @@ class EdgeModel:
                 rec["error"] = f"{type(e).__name__}: {e}"
             records.append(rec)
         if arrays:
-            name = self.metadata["outputs"][0]
-            probs = self.run(np.stack(arrays), [name])[name]  # [N, C]
-            for rec, p in zip(ready, probs):
-                rec.update(topk_record(p, self.labels, topk))
+            outputs = self.run(np.stack(arrays), list(self.decoder.outputs))
+            input_hw = self.input_size[1:]
+            for row, (rec, hw) in enumerate(zip(ready, sizes)):
+                rec.update(self.decoder.decode(outputs, row, RowContext(self.labels, topk, hw, input_hw)))
         bar.update(len(records))
         return records
 
 
-def topk_record(probs: np.ndarray, labels: list[str], k: int) -> dict[str, Any]:
-    """The top-1 fields and the ``topk`` list of a record from one row of probabilities."""
-    order = np.argsort(-probs, kind="stable")[:max(1, k)]
-    top = [{"label": labels[j] if j < len(labels) else str(j), "class_id": int(j), "prob": float(probs[j])}
-           for j in map(int, order)]
-    return {"label": top[0]["label"], "class_id": top[0]["class_id"], "prob": top[0]["prob"], "topk": top}
+__all__ = ["EdgeModel", "describe_input", "topk_record"]  # topk_record: re-exported from vitlab_edge.records
 
 
 def describe_input(image: Any, index: int) -> str:

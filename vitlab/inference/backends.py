@@ -1,15 +1,19 @@
-"""Inference backends behind one small protocol: uint8 batches in, class probabilities out.
+"""Inference backends behind one small protocol: uint8 batches in, the exported graph's named outputs out.
 
-``TorchBackend`` runs a ViTClassifier (from a Lightning checkpoint); ``OrtBackend`` runs an exported ONNX model
+``TorchBackend`` runs a task's model (from a Lightning checkpoint) and returns what the ONNX graph of that task
+returns (``TORCH_TASKS``: classification ``probs``; detection ``boxes``, ``scores``, ``labels``, ``num_dets`` from
+the model's one ``postprocess`` with the checkpoint's thresholds); ``OrtBackend`` runs an exported ONNX model
 through the edge kit's session (CUDA when granted, else CPU). Both read the same PreprocessCfg, so the Predictor
-prepares pixels identically for either.
+prepares pixels identically for either, and the edge kit's record decoder (``vitlab_edge.records``) reads both.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,24 +25,69 @@ class Backend(Protocol):
     preprocess: PreprocessCfg
     name: str
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """``uint8 [N, C, H, W]`` -> probabilities ``float32 [N, K]``."""
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """``uint8 [N, C, H, W]`` -> the task's named outputs (``vitlab_edge.records``: classification ``probs
+        float32 [N, K]``; detection ``boxes [N, D, 4]``, ``scores [N, D]``, ``labels`` / ``num_dets`` int64)."""
         ...
 
 
-class TorchBackend:
-    """A classifier on ``device`` (default: CUDA when available, else CPU), fp32, no autograd."""
+@dataclass(frozen=True)
+class TorchTask:
+    """How a task's torch model gives the exported graph's outputs: ``outputs(model, images, **options)`` -> named
+    tensors, and ``options``, the task hyper-parameters passed to it (post-processing thresholds)."""
 
-    def __init__(self, classifier, device: str | None = None) -> None:
+    outputs: Callable[..., dict[str, Any]]
+    options: tuple[str, ...] = ()
+
+
+def _classification_outputs(model, images):
+    return {"probs": model(images).softmax(-1)}
+
+
+def _detection_outputs(model, images, **options):
+    return model.postprocess(model(images), **options)  # the one postprocess the exported graph runs too
+
+
+TORCH_TASKS = {  # PreprocessCfg.task -> how its torch model answers
+    "classification": TorchTask(_classification_outputs),
+    "detection": TorchTask(_detection_outputs, ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic")),
+}
+
+
+def _torch_task(model) -> TorchTask:
+    task = model.preprocess.task
+    if task not in TORCH_TASKS:
+        raise VitlabError(f"no inference for task {task!r}; supported: {', '.join(TORCH_TASKS)}")
+    return TORCH_TASKS[task]
+
+
+def task_options(task) -> dict[str, Any]:
+    """The inference options a trained task (LightningModule) keeps in its hyper-parameters, e.g. a detector's
+    score / NMS thresholds and ``max_det``."""
+    return {k: task.hparams[k] for k in _torch_task(task.model).options if k in task.hparams}
+
+
+class TorchBackend:
+    """A task's model (classifier, detector) on ``device`` (default: CUDA when available, else CPU), fp32, no
+    autograd; ``options``: its post-processing options (``task_options``)."""
+
+    def __init__(self, model, device: str | None = None, options: dict[str, Any] | None = None) -> None:
         import torch
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = classifier.eval().to(self.device)
-        self.preprocess = classifier.preprocess
+        self.model = model.eval().to(self.device)
+        self.preprocess = model.preprocess
+        self.options = dict(options or {})
+        _torch_task(model)
         self.name = f"torch[{self.device}]"
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return torch_probs(self.model, batch, self.device)
+    @classmethod
+    def from_task(cls, task, device: str | None = None) -> TorchBackend:
+        """The backend of a trained task (``vitlab.load``), with its inference options."""
+        return cls(task.model, device, task_options(task))
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return torch_outputs(self.model, batch, self.device, self.options)
 
     def attention_maps(self, batch: np.ndarray) -> np.ndarray:
         """Attention rollout per image, ``[N, h, w]`` in 0..1 (see ``vitlab.inference.explain``)."""
@@ -47,13 +96,21 @@ class TorchBackend:
         return attention_rollout(self.model, batch, self.device)
 
 
-def torch_probs(classifier, batch: np.ndarray, device) -> np.ndarray:
-    """``uint8 [N, C, H, W]`` numpy -> probabilities ``float32 [N, K]`` from a classifier on ``device``."""
+def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """``uint8 [N, C, H, W]`` numpy -> the named outputs of ``model`` on ``device`` as numpy (floats as float32,
+    integers kept int64), as its task's ONNX graph gives them."""
     import torch
 
+    run = _torch_task(model).outputs
     with torch.inference_mode():
         x = torch.from_numpy(batch).to(device, non_blocking=True)
-        return classifier(x).softmax(-1).float().cpu().numpy()
+        out = run(model, x, **(options or {}))
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in out.items()}
+
+
+def torch_probs(classifier, batch: np.ndarray, device) -> np.ndarray:
+    """``uint8 [N, C, H, W]`` numpy -> probabilities ``float32 [N, K]`` from a classifier on ``device``."""
+    return torch_outputs(classifier, batch, device)["probs"]
 
 
 class OrtBackend:
@@ -67,13 +124,14 @@ class OrtBackend:
         except ModelFormatError as e:
             raise VitlabError(str(e)) from None
         meta = self.edge.metadata
-        fields = ("input_size", "mean", "std", "interpolation", "resize", "crop_pct", "labels", "task")
-        self.preprocess = PreprocessCfg.from_dict({k: meta[k] for k in fields if k in meta})
+        fields = ("input_size", "mean", "std", "interpolation", "resize", "crop_pct", "labels")
+        self.preprocess = PreprocessCfg.from_dict({**{k: meta[k] for k in fields if k in meta},
+                                                   "task": self.edge.task})
         self.name = f"onnxruntime[{self.edge.providers[0]}]"
-        self._output = meta["outputs"][0]
+        self._outputs = list(self.edge.decoder.outputs)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.edge.run(np.ascontiguousarray(batch), [self._output])[self._output]  # probs only: no extra copy
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.edge.run(np.ascontiguousarray(batch), self._outputs)  # what the records need only
 
 
 def load_backend(path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None) -> Backend:
@@ -85,4 +143,4 @@ def load_backend(path: str | os.PathLike, device: str | None = None, providers: 
         return OrtBackend(p, providers)
     from vitlab.tasks import load_task
 
-    return TorchBackend(load_task(p).model, device)
+    return TorchBackend.from_task(load_task(p), device)

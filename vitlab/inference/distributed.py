@@ -14,21 +14,23 @@ import torch
 from vitlab_edge.progress import Progress
 
 from vitlab.errors import VitlabError
-from vitlab.inference.backends import torch_probs
+from vitlab.inference.backends import torch_outputs
 from vitlab.inference.predictor import batch_predictions, decode_loader
 from vitlab.inference.writers import ShardedPredictionWriter
 
 
 class PredictModule(L.LightningModule):
-    """A trained classifier as a LightningModule whose predict step returns one record per input."""
+    """A trained model (classifier, detector) as a LightningModule whose predict step returns one record per
+    input; ``options``: its post-processing options (``vitlab.inference.backends.task_options``)."""
 
-    def __init__(self, classifier: torch.nn.Module, topk: int = 5) -> None:
+    def __init__(self, classifier: torch.nn.Module, topk: int = 5, options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.classifier, self.topk = classifier.eval(), topk
+        self.classifier, self.topk, self.options = classifier.eval(), topk, dict(options or {})
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        preds = batch_predictions(batch, lambda images: torch_probs(self.classifier, images, self.device),
-                                  self.classifier.preprocess.labels, self.topk)
+        preds = batch_predictions(batch, lambda images: torch_outputs(self.classifier, images, self.device,
+                                                                       self.options),
+                                  self.classifier.preprocess, self.topk)
         return [p.to_dict() for p in preds]
 
 
@@ -62,10 +64,12 @@ class RankZeroProgress(L.Callback):
 
 def predict_distributed(classifier: torch.nn.Module, items: list[Any], out: str | os.PathLike, devices: int | str = 1,
                         num_nodes: int = 1, strategy: str = "ddp", accelerator: str = "auto", batch_size: int = 32,
-                        num_workers: int | None = None, topk: int = 5, progress: bool | None = False) -> bool:
+                        num_workers: int | None = None, topk: int = 5, progress: bool | None = False,
+                        options: dict[str, Any] | None = None) -> bool:
     """Predict ``items`` with ``trainer.predict`` on ``devices`` x ``num_nodes`` and write ``out`` (JSONL/CSV).
     Returns True on global rank 0 (the process that wrote ``out``). ``progress``: as in ``Predictor.stream``,
-    shown by rank 0. A lost input makes every rank raise the same ``VitlabError``."""
+    shown by rank 0. ``options``: the model's post-processing options (``task_options``). A lost input makes
+    every rank raise the same ``VitlabError``."""
     loader = decode_loader(items, classifier.preprocess, batch_size, num_workers)
     callbacks = [ShardedPredictionWriter(out, len(items)), RankZeroProgress(len(items), progress)]
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -73,5 +77,5 @@ def predict_distributed(classifier: torch.nn.Module, items: list[Any], out: str 
                         enable_progress_bar=False, callbacks=callbacks)
     if len(items) < trainer.world_size:  # Lightning's sampler needs one input per process at least
         raise VitlabError(f"{len(items)} inputs for {trainer.world_size} processes: predict them on one device")
-    trainer.predict(PredictModule(classifier, topk), dataloaders=loader, return_predictions=False)
+    trainer.predict(PredictModule(classifier, topk, options), dataloaders=loader, return_predictions=False)
     return trainer.is_global_zero

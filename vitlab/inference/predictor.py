@@ -48,6 +48,30 @@ class Prediction:
         return asdict(self)
 
 
+@dataclass
+class DetectionPrediction:
+    """One input's detections (or its ``error``): ``boxes`` (``[x1, y1, x2, y2]`` in the ORIGINAL image's pixels,
+    the letterbox undone; EXIF-rotated files: as displayed), ``scores``, ``labels`` (names), ``class_ids``, best
+    first; ``to_dict`` gives the JSONL record, same keys as the edge kit's."""
+
+    index: int
+    source: str
+    boxes: list[list[float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    class_ids: list[int] = field(default_factory=list)
+    error: str | None = None
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    overlay: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RESULT_TYPES = {"classification": Prediction, "detection": DetectionPrediction}  # PreprocessCfg.task -> result
+
+
 def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """What the edge kit reads (path, PIL image, HW/HWC uint8 array), plus torch tensors: CHW or HWC, uint8 or
     float in 0..1."""
@@ -64,7 +88,8 @@ def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.n
 
 
 class DecodeDataset:
-    """Inputs -> ``(index, source, CHW uint8 | None, error | None, decode seconds)``; runs in DataLoader workers."""
+    """Inputs -> ``(index, source, CHW uint8 | None, error | None, decode seconds, decoded (h, w) | None)``; runs in
+    DataLoader workers. The decoded size (EXIF applied) is what detection boxes map back to."""
 
     def __init__(self, items: list[Any], preprocess: PreprocessCfg,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -73,46 +98,53 @@ class DecodeDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float]:
+    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float, tuple[int, int] | None]:
         t = time.perf_counter()
         item = self.items[i]
         source = describe_input(item, i)
         try:
-            chw = self.preprocess.prepare(to_hwc_uint8(item, self.max_pixels))
-            return i, source, chw, None, time.perf_counter() - t
+            hwc = to_hwc_uint8(item, self.max_pixels)
+            chw = self.preprocess.prepare(hwc)
+            return i, source, chw, None, time.perf_counter() - t, (int(hwc.shape[0]), int(hwc.shape[1]))
         except ImageReadError as e:
-            return i, source, None, e.reason, time.perf_counter() - t
+            return i, source, None, e.reason, time.perf_counter() - t, None
         except Exception as e:  # noqa: BLE001 - never stop the batch: anything unexpected becomes that input's error
-            return i, source, None, f"{type(e).__name__}: {e}", time.perf_counter() - t
+            return i, source, None, f"{type(e).__name__}: {e}", time.perf_counter() - t, None
 
 
 def collate_decoded(samples: list) -> dict[str, Any]:
     """Decoded samples -> ``{"index", "source", "image" (uint8 [M, C, H, W] of the good ones, or None), "ok",
-    "error", "decode_s"}``; ``ok[k]`` says whether sample k is in ``image``."""
+    "error", "decode_s", "orig_hw"}``; ``ok[k]`` says whether sample k is in ``image``, ``orig_hw[k]`` is its
+    decoded ``(h, w)`` (None for an error)."""
     good = [s[2] for s in samples if s[2] is not None]
     return {"index": [s[0] for s in samples], "source": [s[1] for s in samples],
             "image": np.stack(good) if good else None, "ok": [s[2] is not None for s in samples],
-            "error": [s[3] for s in samples], "decode_s": [s[4] for s in samples]}
+            "error": [s[3] for s in samples], "decode_s": [s[4] for s in samples],
+            "orig_hw": [s[5] for s in samples]}
 
 
-def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], np.ndarray],
-                      labels: tuple[str, ...] | list[str], topk: int) -> list[Prediction]:
-    """One Prediction per sample of a decoded batch: ``infer`` (uint8 ``[M, C, H, W]`` -> probabilities
-    ``[M, K]``) runs, timed, on the good samples only, and each gets its row in order."""
-    from vitlab_edge.model import topk_record
+def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[str, np.ndarray]],
+                      preprocess: PreprocessCfg, topk: int) -> list[Prediction | DetectionPrediction]:
+    """One result per sample of a decoded batch: ``infer`` (uint8 ``[M, C, H, W]`` -> the task's named outputs, see
+    ``Backend``) runs, timed, on the good samples only, and each gets its row in order, decoded by the edge kit's
+    record decoder of ``preprocess.task`` into that task's result type (``RESULT_TYPES``)."""
+    from vitlab_edge.records import RowContext, decoder_for
 
-    probs, infer_s = None, 0.0
+    decoder, result = decoder_for(preprocess.task), RESULT_TYPES[preprocess.task]
+    outputs, infer_s = None, 0.0
     if batch["image"] is not None:
         t = time.perf_counter()
-        probs = infer(batch["image"])
+        outputs = infer(batch["image"])
         infer_s = time.perf_counter() - t
     out, row = [], 0
     infer_ms = round(infer_s * 1000 / max(1, sum(batch["ok"])), 3)
-    for index, source, ok, err, dec in zip(batch["index"], batch["source"], batch["ok"], batch["error"],
-                                          batch["decode_s"]):
-        pred = Prediction(index, source, error=err, decode_ms=round(dec * 1000, 3))
+    labels = list(preprocess.labels)
+    for index, source, ok, err, dec, hw in zip(batch["index"], batch["source"], batch["ok"], batch["error"],
+                                              batch["decode_s"], batch["orig_hw"]):
+        pred = result(index, source, error=err, decode_ms=round(dec * 1000, 3))
         if ok:
-            for key, value in topk_record(probs[row], list(labels), topk).items():
+            ctx = RowContext(labels, topk, hw, preprocess.image_size)
+            for key, value in decoder.decode(outputs, row, ctx).items():
                 setattr(pred, key, value)
             pred.infer_ms = infer_ms
             row += 1
@@ -138,6 +170,12 @@ class Predictor:
 
     def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.backend, self.max_pixels = backend, max_pixels
+        if self.task not in RESULT_TYPES:
+            raise VitlabError(f"no batch inference for task {self.task!r}; supported: {', '.join(RESULT_TYPES)}")
+
+    @property
+    def task(self) -> str:
+        return self.backend.preprocess.task
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
@@ -155,8 +193,9 @@ class Predictor:
 
     def predict(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
                 overlays: str | os.PathLike | None = None, explain: bool = False,
-                progress: bool | None = False) -> list[Prediction]:
-        """Every input's Prediction, in input order (see ``stream`` for bounded memory and ``progress``)."""
+                progress: bool | None = False) -> list[Prediction | DetectionPrediction]:
+        """Every input's Prediction (a ``DetectionPrediction`` for a detector), in input order (see ``stream`` for
+        bounded memory and ``progress``)."""
         return list(self.stream(source, batch_size, num_workers, topk, overlays, explain, progress))
 
     def stream(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
@@ -164,7 +203,8 @@ class Predictor:
                progress: bool | None = False) -> Iterator[Prediction]:
         """Predictions one by one in input order; decoding runs ahead in ``num_workers`` processes (default: one
         per spare core, at most 4), holding at most a few batches. ``overlays``: a folder for one PNG per image
-        (the model's input with its label; with ``explain``, the attention rollout over it). ``progress=True``:
+        (the model's input with its label, or its boxes of score >= 0.3 for a detector; with ``explain``, the
+        attention rollout over it, for classifiers). ``progress=True``:
         a progress bar (count, rate, ETA) on stderr when it is a terminal, else one summary line at the end;
         ``None``: the bar on a terminal only (what ``vitlab predict`` uses)."""
         from vitlab_edge.sources import as_inputs
@@ -175,6 +215,9 @@ class Predictor:
         out = Path(overlays) if overlays is not None else None
         if explain and out is None:
             raise VitlabError("explain writes overlays: pass overlays=FOLDER (--overlays DIR)")
+        if explain and self.task not in EXPLAIN_TASKS:
+            raise VitlabError(f"explain (attention rollout) is for {', '.join(EXPLAIN_TASKS)} models, not "
+                              f"{self.task}; use --overlays alone")
         loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels)
         with Progress(len(loader.dataset), "predict", progress=progress) as bar:
             for batch in loader:
@@ -188,17 +231,49 @@ class Predictor:
         return self.predict(source, batch_size, num_workers, topk, overlays=out_dir, explain=True)
 
     def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool) -> list[Prediction]:
-        preds = batch_predictions(batch, self.backend, self.labels, topk)
+        preds = batch_predictions(batch, self.backend, self.preprocess, topk)
         if overlays is not None and batch["image"] is not None:
-            from vitlab.viz import save_overlay
-
             maps = self.backend.attention_maps(batch["image"]) if explain else None
-            good = [p for p in preds if p.error is None]
-            for k, (pred, image) in enumerate(zip(good, batch["image"])):
+            good = [(p, hw) for p, hw in zip(preds, batch["orig_hw"]) if p.error is None]
+            draw = OVERLAYS[self.task]
+            for k, ((pred, hw), image) in enumerate(zip(good, batch["image"])):
                 name = f"{pred.index:06d}_{Path(pred.source).stem if not pred.source.startswith('<') else 'input'}.png"
-                pred.overlay = str(save_overlay(image, f"{pred.label} {pred.prob:.2f}", overlays / name,
-                                                None if maps is None else maps[k]))
+                pred.overlay = str(draw(pred, image, hw, list(self.labels), overlays / name,
+                                        None if maps is None else maps[k]))
         return preds
+
+
+def classification_overlay(pred: Prediction, image: np.ndarray, orig_hw: tuple[int, int], labels: list[str],
+                           path: Path, heatmap: np.ndarray | None = None) -> Path:
+    """The model's input (CHW uint8) with the top-1 label, and the attention rollout over it when given."""
+    from vitlab.viz import save_overlay
+
+    return save_overlay(image, f"{pred.label} {pred.prob:.2f}", path, heatmap)
+
+
+def detection_overlay(pred: DetectionPrediction, image: np.ndarray, orig_hw: tuple[int, int], labels: list[str],
+                      path: Path, heatmap: np.ndarray | None = None) -> Path:
+    """The model's input cut to the image (the letterbox padding removed: the original at the model's scale) with
+    the record's boxes of score >= 0.3 (at most 30, the test report's rule), mapped there from original pixels."""
+    from vitlab_edge.boxes import boxes_to_input, letterbox_geometry
+
+    from vitlab.tasks.detection import OVERLAY_MAX_BOXES, OVERLAY_MIN_SCORE
+    from vitlab.viz import save_detection_overlay
+
+    h, w = image.shape[1:]
+    sy, sx, top, left = letterbox_geometry(orig_hw, (h, w))
+    rh, rw = round(orig_hw[0] * sy), round(orig_hw[1] * sx)
+    keep = [k for k, s in enumerate(pred.scores) if s >= OVERLAY_MIN_SCORE][:OVERLAY_MAX_BOXES]
+    boxes = boxes_to_input(np.array([pred.boxes[k] for k in keep], np.float32).reshape(-1, 4), orig_hw, (h, w))
+    boxes -= np.array([left, top, left, top], np.float32)
+    title = f"{Path(pred.source).name}: {len(keep)} boxes (score >= {OVERLAY_MIN_SCORE})"
+    return save_detection_overlay(image.transpose(1, 2, 0)[top:top + rh, left:left + rw], path, boxes,
+                                  np.array([pred.class_ids[k] for k in keep], np.int64), labels,
+                                  np.array([pred.scores[k] for k in keep], np.float32), title=title)
+
+
+OVERLAYS = {"classification": classification_overlay, "detection": detection_overlay}  # task -> --overlays PNG
+EXPLAIN_TASKS = ("classification",)  # attention rollout reads a classifier's pooled token
 
 
 def default_workers() -> int:

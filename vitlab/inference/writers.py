@@ -1,4 +1,5 @@
-"""Prediction writers: JSONL and CSV (atomic: temp file, then rename), resuming from an earlier output, and
+"""Prediction writers: JSONL and CSV (atomic: temp file, then rename; a task's CSV columns are its record decoder's
+``csv_fields``), COCO results JSON for detection (``write_coco``), resuming from an earlier output, and
 Lightning's ``BasePredictionWriter`` for multi-device prediction, which writes one shard per rank keyed by sample
 index and merges them on rank 0, checking that every input appears exactly once. (``trainer.predict`` shards
 inputs with Lightning's ``UnrepeatedDistributedSamplerWrapper``: no padding, no repeats; a test runs it.)"""
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+from vitlab_edge.files import CSV_FIELDS, JSON_COLUMNS
+from vitlab_edge.files import write_coco as write_coco_any
 from vitlab_edge.files import write_records as write_any
 
 from vitlab.errors import VitlabError
@@ -27,9 +30,23 @@ def check_output(path: str | os.PathLike) -> Path:
     return p
 
 
-def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
-    """Write records as JSONL or CSV (by suffix); the file appears only once complete. Returns the count."""
-    return write_any(records, check_output(path))  # the edge kit's writers: same JSONL/CSV from both CLIs
+def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike,
+                  fields: tuple[str, ...] | list[str] = CSV_FIELDS) -> int:
+    """Write records as JSONL or CSV (by suffix; ``fields``: the CSV columns, e.g. ``decoder_for(task).csv_fields``);
+    the file appears only once complete. Returns the count."""
+    return write_any(records, check_output(path), fields)  # the edge kit's writers: same files from both CLIs
+
+
+def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annotations: str | os.PathLike,
+               labels: list[str] | tuple[str, ...]) -> int:
+    """Detection records -> a COCO results JSON (``image_id`` by file name from the ground truth ``annotations``,
+    ``category_id`` by class name or position; see ``vitlab_edge.files.write_coco``); the count of records."""
+    if not Path(annotations).is_file():
+        raise VitlabError(f"--annotations {annotations} does not exist")
+    try:
+        return write_coco_any(records, path, annotations, list(labels))
+    except (ValueError, KeyError) as e:
+        raise VitlabError(f"COCO results for {annotations}: {e}") from None
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -39,7 +56,8 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         if path.suffix == ".csv":
             for row in csv.DictReader(f):
-                out.append({**row, "topk": json.loads(row.get("topk") or "[]"), "error": row.get("error") or None})
+                lists = {k: json.loads(row.get(k) or "[]") for k in JSON_COLUMNS if k in row}
+                out.append({**row, **lists, "error": row.get("error") or None})
         else:
             for i, line in enumerate(f, 1):
                 if line.strip():

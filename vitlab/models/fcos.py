@@ -128,7 +128,8 @@ def fcos_loss(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides: t
 
 def postprocess(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides: torch.Tensor,
                 score_thresh: float = 0.05, nms_thresh: float = 0.6, topk: int = 1000, max_det: int = 100,
-                class_agnostic: bool = False, image_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+                class_agnostic: bool = False, image_size: tuple[int, int] | None = None,
+                level_sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Raw head outputs -> fixed-shape detections: the ONE function for torch inference, metrics and export.
 
     score = sqrt(sigmoid(cls) * sigmoid(centerness)) per point and class (FCOS); the ``topk`` best (point, class)
@@ -136,12 +137,14 @@ def postprocess(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides:
     default the extent of the points); NMS per class (or over all classes with ``class_agnostic``); the best
     ``max_det`` per image. Returns ``boxes [N, max_det, 4]`` (x1, y1, x2, y2 in input pixels), ``scores
     [N, max_det]``, ``labels`` int64 ``[N, max_det]``, ``num_dets`` int64 ``[N]``; rows past ``num_dets`` are
-    zeros, sorted by score within an image.
+    zeros, sorted by score within an image. ``level_sizes``: the points per level, default read from ``strides``
+    (the exported graph passes them, since a traced ``strides`` has no values to read).
     """
     cls_logits = outputs["cls_logits"].float()  # [N, P, K]
     n, p, k = cls_logits.shape
     scores = torch.sqrt(cls_logits.sigmoid() * outputs["centerness"].float().sigmoid()[..., None])  # [N, P, K]
-    cand_scores, cand_idx = _topk_per_level(scores, strides, topk)  # [N, C], [N, C] flat point*K + class
+    levels = level_sizes or points_per_level(strides)
+    cand_scores, cand_idx = _topk_per_level(scores, levels, topk)  # [N, C], [N, C] flat point*K + class
     point_idx, cand_labels = cand_idx // k, cand_idx % k  # [N, C]
     reg = torch.gather(outputs["box_regression"].float(), 1, point_idx[..., None].expand(-1, -1, 4))  # [N, C, 4]
     cand_boxes = decode_boxes(reg, points[point_idx], strides[point_idx])  # [N, C, 4]
@@ -155,11 +158,16 @@ def postprocess(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides:
     return pad_detections(img, keep, cand_boxes, cand_scores, cand_labels, max_det)
 
 
-def _topk_per_level(scores: torch.Tensor, strides: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def points_per_level(strides: torch.Tensor) -> list[int]:
+    """How many points each level has, in level order, from ``strides [P]``."""
+    return torch.unique_consecutive(strides, return_counts=True)[1].tolist()
+
+
+def _topk_per_level(scores: torch.Tensor, level_sizes: list[int], topk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``topk`` best (point, class) scores of each level: ``[N, C]`` scores and flat indices into P*K."""
     n, p, k = scores.shape
     out_s, out_i, start = [], [], 0
-    for size in torch.unique_consecutive(strides, return_counts=True)[1].tolist():  # levels: a static loop
+    for size in level_sizes:  # levels: a static loop
         s, i = scores[:, start:start + size].reshape(n, -1).topk(min(topk, size * k), dim=1)  # [N, c]
         out_s.append(s)
         out_i.append(i + start * k)
@@ -171,8 +179,9 @@ def nms_select(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
                iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-label greedy NMS over the ``valid`` candidates of ``boxes [N, C, 4]``: the kept
     ``(image, candidate)`` index pairs ``[S]``, ``[S]``, grouped by image, best score first. The one data-dependent
-    step: the exported graph replaces it by ONNX ``NonMaxSuppression`` (labels as its class axis or as box offsets,
-    ``score_threshold`` for ``valid``), whose ``selected_indices [S, 3]`` give the same pairs."""
+    step: under ``torch.onnx.export`` it becomes one ONNX ``NonMaxSuppression`` node (``_onnx_nms``)."""
+    if torch.onnx.is_in_onnx_export():
+        return _onnx_nms(boxes, scores, labels, valid, iou_thresh)
     imgs, keeps = [], []
     for i in range(len(boxes)):  # a loop over the batch (torchvision's NMS takes one image)
         cand = valid[i].nonzero().squeeze(1)  # [c]
@@ -180,6 +189,24 @@ def nms_select(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
         imgs.append(torch.full_like(kept, i))
         keeps.append(kept)
     return torch.cat(imgs), torch.cat(keeps)
+
+
+def _onnx_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+              iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nms_select`` as ONNX ``NonMaxSuppression`` (emitted with ``torch.onnx.ops.symbolic``; ONNX Runtime runs it
+    on CPU and CUDA). Labels become box offsets as in torchvision's ``batched_nms`` (boxes of different labels
+    never overlap), so one "class" holds every candidate and the op's ``selected_indices [S, 3]`` (image, 0,
+    candidate) come grouped by image, best score first, as from the torch path; invalid candidates get score -1,
+    below the op's ``score_threshold`` of -0.5 (scores are in [0, 1])."""
+    offsets = labels.to(boxes.dtype) * (boxes.max() + 1)  # [N, C]
+    masked = torch.where(valid, scores, torch.full_like(scores, -1.0))[:, None]  # [N, 1, C]
+    max_per_class = torch.tensor([boxes.shape[1]], dtype=torch.int64)
+    count = valid.sum().item()  # a symbolic size for tracing only: never use the output's size downstream
+    torch._check(count >= 0)
+    selected = torch.onnx.ops.symbolic(
+        "NonMaxSuppression", (boxes + offsets[..., None], masked, max_per_class, torch.tensor([float(iou_thresh)]),
+                              torch.tensor([-0.5])), dtype=torch.int64, shape=(count, 3), version=11)  # [S, 3]
+    return selected[:, 0], selected[:, 2]
 
 
 def pad_detections(img: torch.Tensor, keep: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
@@ -190,7 +217,9 @@ def pad_detections(img: torch.Tensor, keep: torch.Tensor, boxes: torch.Tensor, s
     n = boxes.shape[0]
     counts = (img[:, None] == torch.arange(n, device=img.device)).sum(0)  # [N]
     first = torch.cumsum(counts, 0) - counts  # [N]
-    rank = torch.arange(len(img), device=img.device) - first[img]  # [S]
+    # [S]; positions by cumsum, not arange(S): a traced S is the exporter's symbol, which the graph may compute
+    # from the symbol's definition (in _onnx_nms) rather than from the NMS output
+    rank = torch.cumsum(torch.ones_like(img), 0) - 1 - first[img]
     ok = rank < max_det
     slot = (img * max_det + rank)[ok]  # [S'] rows of the flattened [N * max_det] outputs
     img, keep = img[ok], keep[ok]

@@ -1,5 +1,6 @@
-"""torch -> ONNX: the end-to-end graph (uint8 pixels in, probabilities and logits out), the fused attention
-check, the rewrite to ONNX Runtime's MultiHeadAttention, and the ``vitlab`` metadata document.
+"""torch -> ONNX: the end-to-end graph (uint8 pixels in, probabilities and logits out; ``export_module`` for any
+task's wrapper), the fused attention check, the rewrite to ONNX Runtime's MultiHeadAttention, and the ``vitlab``
+metadata document.
 
 timm's attention runs through ``scaled_dot_product_attention``; the dynamo exporter at opset >= 23 turns each
 call into ONE standard ONNX ``Attention`` node. Opsets 26-28 write models that fail the checker with torch
@@ -45,24 +46,31 @@ class EndToEnd(nn.Module):
 
 def export_graph(classifier: nn.Module, opset: int = 23):
     """The fp32 ``onnx.ModelProto`` of ``EndToEnd(classifier)`` with a dynamic batch axis."""
+    return export_module(EndToEnd(classifier), classifier.preprocess.input_size, OUTPUTS, opset,
+                         type(classifier).__name__)
+
+
+def export_module(module: nn.Module, input_size: tuple[int, int, int], outputs: list[str], opset: int = 23,
+                  what: str | None = None):
+    """The fp32 ``onnx.ModelProto`` of an end-to-end ``module`` (uint8 ``images [N, *input_size]`` in, ``outputs``
+    out) with a dynamic batch axis, traced at batch 2."""
     import onnx
 
     if opset not in SUPPORTED_OPSETS:
         raise VitlabError(f"opset {opset} is not supported; use one of {SUPPORTED_OPSETS} (23 is the first with the "
                           "fused Attention op; 26-28 produce invalid models with this torch)")
-    c, h, w = classifier.preprocess.input_size
-    example = torch.randint(0, 256, (2, c, h, w), dtype=torch.uint8)
-    module = EndToEnd(classifier).eval()
+    example = torch.randint(0, 256, (2, *input_size), dtype=torch.uint8)
+    module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=INPUTS,
-                                        output_names=OUTPUTS, dynamic_shapes=({0: batch},), optimize=True,
+                                        output_names=list(outputs), dynamic_shapes=({0: batch},), optimize=True,
                                         verbose=False)
     except Exception as e:  # torch.export / onnxscript raise many types; the first line is the useful part
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise VitlabError(f"could not export {type(classifier).__name__} to ONNX: {first[:300]}") from None
+        raise VitlabError(f"could not export {what or type(module).__name__} to ONNX: {first[:300]}") from None
     model = program.model_proto
     onnx.checker.check_model(model, full_check=False)
     return model
@@ -129,11 +137,11 @@ def rewrite_to_ort_mha(model):
 
 
 def model_metadata(classifier: nn.Module, name: str, attention: str = "onnx", opset: int = 23,
-                   precision: str = "fp32", **extra: Any) -> dict[str, Any]:
-    """The ``vitlab`` metadata document for an exported classifier (see vitlab_edge.metadata for the keys)."""
+                   precision: str = "fp32", outputs: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``vitlab`` metadata document for an exported model (see vitlab_edge.metadata for the keys)."""
     import vitlab
 
-    return {"format": 1, **classifier.preprocess.to_dict(), "inputs": INPUTS, "outputs": OUTPUTS,
+    return {"format": 1, **classifier.preprocess.to_dict(), "inputs": INPUTS, "outputs": list(outputs or OUTPUTS),
             "input_dtype": "uint8", "backbone": name, "arch": classifier.backbone.arch,
             "depth": classifier.backbone.depth, "attention": attention, "opset": opset, "precision": precision,
             "vitlab_version": vitlab.__version__, **extra}

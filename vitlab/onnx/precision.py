@@ -1,10 +1,11 @@
 """fp16 and int8 variants of an exported fp32 graph.
 
 fp16: weights and activations in half precision with the I/O kept (uint8 in, fp32 out); LayerNormalization and
-Softmax stay fp32. int8: ``dynamic`` quantises MatMul/Gemm weights per channel
-and their activations per batch at run time (no calibration); ``static`` writes QDQ pairs calibrated on training
-images. Both touch MatMul/Gemm only: ONNX Runtime's default op list would turn the standard ``Attention`` node
-into ``com.microsoft.QAttention``, which rejects that op's attributes ("Unrecognized attribute: is_causal").
+Softmax stay fp32, and so does a detector's post-processing (box decoding, top-k, NMS). int8: ``dynamic``
+quantises MatMul/Gemm weights per channel and their activations per batch at run time (no calibration);
+``static`` writes QDQ pairs calibrated on training images. Both touch MatMul/Gemm only: ONNX Runtime's default
+op list would turn the standard ``Attention`` node into ``com.microsoft.QAttention``, which rejects that
+op's attributes ("Unrecognized attribute: is_causal").
 """
 
 from __future__ import annotations
@@ -24,11 +25,64 @@ FP32_OPS = ["LayerNormalization", "Softmax"]  # numerically sensitive: statistic
 INT8_OPS = ["MatMul", "Gemm"]
 
 
-def to_fp16(model):
-    """fp16 copy of ``model`` (fp32 I/O kept)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def to_fp16(model, fp32_nodes: list[str] | None = None):
+    """fp16 copy of ``model`` (fp32 I/O kept); ``fp32_nodes``: names of nodes that compute in fp32 from end to end
+    (a detector's post-processing: one Cast in from the fp16 network, none between them or before the outputs).
+    Ops without fp16 kernels (``NonMaxSuppression``, ``TopK``, ...) stay fp32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    return convert_float_to_float16(_unshare_initializers(model), keep_io_types=True, op_block_list=FP32_OPS)
+    src = _unshare_initializers(model)
+    if fp32_nodes:  # values without a declared type are left alone: no fp16 round trip between fp32 nodes
+        keep = set(fp32_nodes)
+        produced = {o for n in src.graph.node if n.name in keep for o in n.output}
+        kept = [v for v in src.graph.value_info if v.name not in produced]
+        del src.graph.value_info[:]
+        src.graph.value_info.extend(kept)
+    # shape inference would re-declare the values just left untyped (the exporter's value_info is complete)
+    half = convert_float_to_float16(src, keep_io_types=True, op_block_list=FP32_OPS + DEFAULT_OP_BLOCK_LIST,
+                                    node_block_list=fp32_nodes, disable_shape_infer=bool(fp32_nodes))
+    return _skip_output_round_trips(_drop_duplicate_nodes(half))
+
+
+def _drop_duplicate_nodes(model):
+    """The converter gives a fp16 value read by two fp32 nodes two identical Casts (same name, same output): keep
+    the first."""
+    seen, keep = set(), []
+    for node in model.graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _skip_output_round_trips(model):
+    """A float output computed in fp32 reaches the graph through Cast(fp16) -> Cast(fp32): read the fp32 value."""
+    import onnx
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in model.graph.node}
+    for out in model.graph.output:
+        last = producer.get(out.name)
+        first = producer.get(last.input[0]) if last is not None and last.op_type == "Cast" else None
+        if first is not None and first.op_type == "Cast" and to[first.name] == onnx.TensorProto.FLOAT16 \
+                and to[last.name] == onnx.TensorProto.FLOAT and _is_fp32(model, first.input[0], producer):
+            last.input[0] = first.input[0]
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    dead = [n for n in model.graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+    for n in dead:
+        model.graph.node.remove(n)
+    return model
+
+
+def _is_fp32(model, name: str, producer: dict) -> bool:
+    """Whether ``name`` is a float32 value: the output of a node kept fp32 (no fp16 type declared for it)."""
+    import onnx
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    return name in producer and declared.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
 
 
 def _unshare_initializers(model):
