@@ -108,11 +108,6 @@ def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | No
         return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in out.items()}
 
 
-def torch_probs(classifier, batch: np.ndarray, device) -> np.ndarray:
-    """``uint8 [N, C, H, W]`` numpy -> probabilities ``float32 [N, K]`` from a classifier on ``device``."""
-    return torch_outputs(classifier, batch, device)["probs"]
-
-
 class OrtBackend:
     """An exported vitlab ONNX model; ``providers`` default to CUDA then CPU (what was granted is in ``name``)."""
 

@@ -23,6 +23,7 @@ from vitlab_edge.progress import Progress
 
 from vitlab.errors import VitlabError
 from vitlab.models.fcos import points_per_level, postprocess
+from vitlab.onnx.report import counted_slices
 
 OUTPUTS = ["boxes", "scores", "labels", "num_dets"]
 POST_OPTIONS = ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic")
@@ -118,13 +119,6 @@ def load_detection_eval_set(spec: Any, preprocess, limit: int = 10000, seed: int
     return DetectionEvalSet(batch, f"{annotations}{skipped}")
 
 
-def _slices(n: int, batch_size: int, desc: str):
-    with Progress(n, desc) as bar:
-        for i in range(0, n, batch_size):
-            yield slice(i, min(n, i + batch_size))
-            bar.update(min(batch_size, n - i))
-
-
 def _sub_batch(batch: dict[str, Any], s: slice) -> dict[str, Any]:
     return {k: v[s] for k, v in batch.items() if k != "skipped"}
 
@@ -133,7 +127,7 @@ def _sub_batch(batch: dict[str, Any], s: slice) -> dict[str, Any]:
 def torch_detections(module: DetectEndToEnd, eval_set: DetectionEvalSet, batch_size: int = 64) -> dict[str, Any]:
     """The eager module's outputs over the eval set (``OUTPUTS`` -> numpy, concatenated)."""
     module.eval()
-    outs = [module(eval_set.batch["image"][s]) for s in _slices(len(eval_set), batch_size, "eval torch")]
+    outs = [module(eval_set.batch["image"][s]) for s in counted_slices(len(eval_set), batch_size, "eval torch")]
     return {k: torch.cat([o[i] for o in outs]).numpy() for i, k in enumerate(OUTPUTS)}
 
 
@@ -141,7 +135,7 @@ def onnx_detections(session, eval_set: DetectionEvalSet, precision: str = "", ba
                     ) -> dict[str, Any]:
     images = eval_set.batch["image"].numpy()
     outs = [session.run(OUTPUTS, {"images": images[s]})
-            for s in _slices(len(images), batch_size, f"eval onnx {precision}".strip())]
+            for s in counted_slices(len(images), batch_size, f"eval onnx {precision}".strip())]
     return {k: np.concatenate([o[i] for o in outs]) for i, k in enumerate(OUTPUTS)}
 
 
@@ -151,7 +145,7 @@ def coco_map(dets: dict[str, np.ndarray], eval_set: DetectionEvalSet) -> dict[st
 
     metric = map_metric()
     tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in dets.items()}
-    for s in _slices(len(eval_set), 256, "mAP"):
+    for s in counted_slices(len(eval_set), 256, "mAP"):
         metric.update(*metric_inputs({k: v[s] for k, v in tensors.items()}, _sub_batch(eval_set.batch, s)))
     result = metric.compute()
     return {"map": float(result["map"]) * 100, "map_50": float(result["map_50"]) * 100}

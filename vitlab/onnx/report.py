@@ -93,12 +93,17 @@ def _folder_eval_set(root: Path, preprocess, limit: int, seed: int) -> EvalSet:
     return EvalSet(np.stack(images), np.array(labels) if labelled else None, str(root))
 
 
+def counted_slices(n: int, batch_size: int, desc: str, progress: bool | None = None):
+    """``slice``s over ``n`` items in steps of ``batch_size``, counted on a progress bar (``vitlab_edge.progress``)."""
+    with Progress(n, desc, progress=progress) as bar:
+        for i in range(0, n, batch_size):
+            yield slice(i, min(n, i + batch_size))
+            bar.update(min(batch_size, n - i))
+
+
 def _batches(images: np.ndarray, batch_size: int, desc: str, progress: bool | None):
-    """``images`` in slices of ``batch_size``, counted on a progress bar (see ``vitlab_edge.progress``)."""
-    with Progress(len(images), desc, progress=progress) as bar:
-        for i in range(0, len(images), batch_size):
-            yield images[i:i + batch_size]
-            bar.update(len(images[i:i + batch_size]))
+    """``images`` in slices of ``batch_size``, counted on a progress bar."""
+    return (images[s] for s in counted_slices(len(images), batch_size, desc, progress))
 
 
 @torch.no_grad()
