@@ -137,7 +137,7 @@ def test_metadata_schema_for_detection_and_classification():
     cls = {**base, "task": "classification", "resize": "squash", "outputs": ["probs", "logits"]}
     assert parse_metadata(json.dumps(cls), "m")["task"] == "classification"
     det = {**base, "task": "detection", "resize": "letterbox", "outputs": OUTPUTS, "score_thresh": 0.05,
-           "nms_thresh": 0.6, "max_det": 100, "class_agnostic": False}
+           "nms_thresh": 0.6, "topk": 1000, "max_det": 100, "class_agnostic": False}
     assert parse_metadata(json.dumps(det), "m")["max_det"] == 100
     with pytest.raises(ModelFormatError, match="lacks nms_thresh"):
         parse_metadata(json.dumps({k: v for k, v in det.items() if k != "nms_thresh"}), "m")

@@ -21,8 +21,9 @@ METADATA_KEY = "vitlab"
 FORMAT = 1
 REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolation", "resize", "crop_pct",
             "inputs", "outputs", "precision")
-# per task: the keys it adds and the outputs its graph has
-TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "max_det", "class_agnostic")}
+# per task: the keys it adds (a detector's: its post-processing options) and the outputs its graph has; vitlab's
+# exporter and torch backend take both from here
+TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic")}
 TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets")}
 
 

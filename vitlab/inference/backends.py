@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from vitlab_edge.metadata import TASK_KEYS
 
 from vitlab.errors import VitlabError
 from vitlab.preprocess import PreprocessCfg
@@ -50,7 +51,7 @@ def _detection_outputs(model, images, **options):
 
 TORCH_TASKS = {  # PreprocessCfg.task -> how its torch model answers
     "classification": TorchTask(_classification_outputs),
-    "detection": TorchTask(_detection_outputs, ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic")),
+    "detection": TorchTask(_detection_outputs, TASK_KEYS["detection"]),  # the post-processing options
 }
 
 
