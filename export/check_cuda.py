@@ -1,11 +1,15 @@
-"""GPU check: every node of vitlab's exported graphs, attention included, runs on ONNX Runtime's CUDA provider,
-and how fast, against PyTorch's SDPA under autocast on the same GPU.
+"""GPU check: every node of vitlab's exported graphs, attention (and a detector's NMS) included, runs on ONNX
+Runtime's CUDA provider, and how fast, against PyTorch on the same GPU.
 
 Sessions are created with ``session.disable_cpu_ep_fallback=1`` and the CUDA provider only, so session creation
-fails when any node would fall back to the CPU. Needs vitlab + torch (for the export and the PyTorch baseline):
+fails when any node would fall back to the CPU; the per-provider node counts come from ONNX Runtime's own profile.
+Classifiers: fp32/fp16 graphs with the standard ``Attention`` op and with ``com.microsoft.MultiHeadAttention``,
+against PyTorch eager (SDPA; fp16 under ``torch.autocast``). Detectors (an exported ``.onnx`` or a registered
+variant, exported here): fp32 vs fp16 throughput, and the CUDA detections against the CPU provider's. Needs vitlab
++ torch (for the export and the PyTorch baseline):
 
-    python export/check_cuda.py                       # vit_small_patch16_224 and the demo model, batch 1 and 32
-    python export/check_cuda.py --models vitlab_fmnist --batches 1 8 --json out.json
+    python export/check_cuda.py                       # ViT-S/16 and the demo model at batch 1, 64, 256, 1024
+    python export/check_cuda.py --models vitlab_fmnist --batches 1 8 --detect vitdet_scenes --json out.json
 """
 
 from __future__ import annotations
@@ -16,31 +20,92 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+CUDA = ["CUDAExecutionProvider"]
 
 
-def _time(fn, seconds: float = 2.0) -> float:
+def _time(fn, seconds: float) -> float:
     """Median seconds per call over ~``seconds`` of calls, after warm-up."""
-    for _ in range(5):
+    for _ in range(3):
         fn()
     times, t_end = [], time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 10:
+    while time.perf_counter() < t_end or len(times) < 5:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
 
 
-def check_model(name: str, batches: list[int], out_dir: Path) -> list[dict]:
+def cuda_session(path: Path):
+    """A CUDA-only session with CPU fallback disabled (raises if any node would run on the CPU)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    sess = ort.InferenceSession(str(path), opts, providers=CUDA)
+    assert sess.get_providers()[0] == CUDA[0], sess.get_providers()
+    return sess
+
+
+def placement(path: Path, feeds: dict) -> dict[str, Any]:
+    """Nodes per provider, read from one profiled run with CPU fallback allowed (so that a failing strict session
+    still says what went to the CPU). CPU nodes are split into ``cpu_shape`` (every output int64 with at most 8
+    values: shape arithmetic such as ``Shape -> Gather -> Concat -> Reshape``, which ONNX Runtime places on the CPU
+    by design, ``GetCpuPreferredNodes``, and which ``disable_cpu_ep_fallback`` then refuses) and ``cpu_compute``
+    (anything else: a node without a CUDA kernel, the real defect)."""
+    import math
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), opts, providers=[*CUDA, "CPUExecutionProvider"])
+    sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    nodes = {e["name"]: e["args"] for e in events if e.get("cat") == "Node" and "provider" in e.get("args", {})}
+    out: dict[str, Any] = {"cuda_nodes": 0, "cpu_shape": {}, "cpu_compute": {}}
+    for args in nodes.values():
+        if args["provider"] == CUDA[0]:
+            out["cuda_nodes"] += 1
+            continue
+        outputs = [(dtype, math.prod(shape)) for o in args.get("output_type_shape", []) for dtype, shape in o.items()]
+        kind = "cpu_shape" if outputs and all(t == "int64" and n <= 8 for t, n in outputs) else "cpu_compute"
+        out[kind][args["op_name"]] = out[kind].get(args["op_name"], 0) + 1
+    return out
+
+
+def open_session(path: Path):
+    """``(session, cuda_only, error)``: the strict CUDA-only session, else (to still time the graph) one that lets
+    ONNX Runtime put what it will on the CPU."""
+    import onnxruntime as ort
+
+    try:
+        return cuda_session(path), True, None
+    except Exception as e:  # noqa: BLE001 - reported with the figures
+        sess = ort.InferenceSession(str(path), providers=[*CUDA, "CPUExecutionProvider"])
+        return sess, False, str(e).splitlines()[0][:200]
+
+
+def _emit(rows: list[dict], row: dict, out: str | None) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if out:  # rewritten after every row: a run cut short still leaves what it measured
+        Path(out).write_text(json.dumps(rows, indent=2))
+
+
+def check_classifier(name: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
     import numpy as np
     import onnx
     import onnxruntime as ort
     import torch
 
     import vitlab
-    from vitlab.onnx.graph import count_fused_attention, export_graph, rewrite_to_ort_mha, set_metadata
+    from vitlab.onnx.graph import count_fused_attention, export_graph, rewrite_to_ort_mha
     from vitlab.onnx.precision import to_fp16
 
     model = vitlab.create_model(name, num_classes=10).eval()
@@ -49,59 +114,129 @@ def check_model(name: str, batches: list[int], out_dir: Path) -> list[dict]:
     graphs["fp16/onnx"], graphs["fp16/ort-mha"] = to_fp16(graphs["fp32/onnx"]), to_fp16(graphs["fp32/ort-mha"])
     cuda = model.cuda()
     c, h, w = model.preprocess.input_size
-    rows = []
     for key, graph in graphs.items():
-        set_metadata(graph, {"note": "check_cuda"})
         path = out_dir / f"{name}-{key.replace('/', '-')}.onnx"
         onnx.save(graph, path)
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        sess = ort.InferenceSession(str(path), opts, providers=["CUDAExecutionProvider"])  # raises on any CPU node
-        assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
+        x1 = np.random.default_rng(0).integers(0, 256, (1, c, h, w), dtype=np.uint8)
+        base = {"model": name, "graph": key, "fused_attention": count_fused_attention(graph),
+                "depth": model.backbone.depth, "placement": placement(path, {"images": x1})}
+        sess, base["cuda_only"], base["error"] = open_session(path)
         for n in batches:
-            x = np.random.default_rng(0).integers(0, 256, (n, c, h, w), dtype=np.uint8)
+            x = np.random.default_rng(n).integers(0, 256, (n, c, h, w), dtype=np.uint8)
             xt = torch.from_numpy(x).cuda()
-            with torch.no_grad():
+            fp16 = key.startswith("fp16")
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
                 ref = cuda(xt).float().cpu().numpy()
             logits = sess.run(["logits"], {"images": x})[0]
-            binding = sess.io_binding()  # inputs on the GPU, as a serving app would keep them
+            binding = sess.io_binding()  # inputs and outputs on the GPU, as a serving app would keep them
             binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
             binding.bind_output("logits", "cuda")
-            t_ort = _time(lambda b=binding, s=sess: s.run_with_iobinding(b))
-            dtype = torch.float16 if key.startswith("fp16") else torch.float32
+            t_ort = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
 
-            def eager(xt=xt, dtype=dtype):
-                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype == torch.float16):
+            def eager(xt=xt, fp16=fp16):
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
                     cuda(xt)
                 torch.cuda.synchronize()
 
-            t_torch = _time(eager)
-            rows.append({"model": name, "graph": key, "batch": n, "fused_attention": count_fused_attention(graph),
+            t_torch = _time(eager, seconds)
+            _emit(rows, {**base, "batch": n,
                          "max_abs_diff_logits": float(np.abs(logits - ref).max()),
+                         "top1_agree_pct": float((logits.argmax(1) == ref.argmax(1)).mean() * 100),
                          "ort_img_s": round(n / t_ort, 1), "torch_img_s": round(n / t_torch, 1),
-                         "ort_vs_torch": round(t_torch / t_ort, 3)})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+                         "ort_vs_torch": round(t_torch / t_ort, 3)}, out)
+        del sess
+
+
+def detection_graphs(spec: str, out_dir: Path) -> dict[str, Path]:
+    """fp32 and fp16 graphs of a detector: ``spec`` an exported fp32 ``.onnx`` or a registered variant (random
+    weights, exported here with ``score_thresh=0``, so that NMS gets the full top-k of every image: its worst case)."""
+    import onnx
+
+    from vitlab.onnx.detect import postprocess_nodes
+    from vitlab.onnx.precision import to_fp16
+
+    if spec.endswith(".onnx"):
+        fp32, name = onnx.load(spec), Path(spec).parent.parent.name or Path(spec).stem
+    else:
+        from vitlab.models.detect import create_detector
+        from vitlab.onnx.detect import DetectionExport
+
+        fp32, name = DetectionExport(create_detector(spec, num_classes=10), {"score_thresh": 0.0}).graph(23), spec
+    paths = {}
+    for prec, graph in {"fp32": fp32, "fp16": to_fp16(fp32, postprocess_nodes(fp32))}.items():
+        paths[prec] = out_dir / f"{name}-{prec}.onnx"
+        onnx.save(graph, paths[prec])
+    return paths
+
+
+def check_detector(spec: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from vitlab.onnx.detect import OUTPUTS, detection_parity
+    from vitlab.onnx.graph import count_fused_attention
+
+    for prec, path in detection_graphs(spec, out_dir).items():
+        graph = onnx.load(path)
+        shape = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[1:]]
+        x1 = np.random.default_rng(0).integers(0, 256, (1, *shape), dtype=np.uint8)
+        base = {"model": spec, "graph": f"detect/{prec}", "fused_attention": count_fused_attention(graph),
+                "nms_nodes": sum(n.op_type == "NonMaxSuppression" for n in graph.graph.node),
+                "placement": placement(path, {"images": x1})}
+        sess, base["cuda_only"], base["error"] = open_session(path)
+        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for n in batches:
+            x = np.random.default_rng(n).integers(0, 256, (n, *shape), dtype=np.uint8)
+            got = dict(zip(OUTPUTS, sess.run(OUTPUTS, {"images": x}), strict=True))
+            ref = dict(zip(OUTPUTS, cpu.run(OUTPUTS, {"images": x[:8]}), strict=True))
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            for k in OUTPUTS:
+                binding.bind_output(k, "cuda")
+            t = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
+            parity = detection_parity(ref, {k: v[:8] for k, v in got.items()})
+            _emit(rows, {**base, "batch": n, "ort_img_s": round(n / t, 1),
+                         "mean_num_dets": float(got["num_dets"].mean()),
+                         "vs_cpu_provider": {k: parity[k] for k in ("matched_detections_pct", "min_matched_iou",
+                                                                    "max_abs_diff_matched_scores") if k in parity}},
+                  out)
+        del sess, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vitlab_fmnist"])
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--models", nargs="*", default=["vit_small_patch16_224", "vitlab_fmnist"],
+                    help="classifiers (registered names), exported here with random weights")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 64, 256, 1024])
+    ap.add_argument("--detect", nargs="*", default=[], help="detectors: exported fp32 .onnx files or registered names")
+    ap.add_argument("--detect-batches", nargs="+", type=int, default=[1, 64])
+    ap.add_argument("--seconds", type=float, default=1.5, help="timing window per figure")
+    ap.add_argument("--json", default=None, help="also write the rows here (after each row)")
     args = ap.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
         print("check_cuda: no CUDA device; nothing to check", file=sys.stderr)
         return 2
-    rows = []
+    import onnxruntime as ort
+
+    print(json.dumps({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "onnxruntime": ort.__version__,
+                      "providers": ort.get_available_providers()}), flush=True)
+    rows: list[dict] = []
+    failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            rows += check_model(name, args.batches, Path(tmp))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+        jobs = [(check_classifier, m, args.batches) for m in args.models]
+        jobs += [(check_detector, d, args.detect_batches) for d in args.detect]
+        for check, name, batches in jobs:
+            try:
+                check(name, batches, Path(tmp), args.seconds, rows, args.json)
+            except Exception:  # noqa: BLE001 - one model's failure must not hide the others' figures
+                failed += 1
+                traceback.print_exc()
+                _emit(rows, {"model": name, "error": traceback.format_exc(limit=3)[-600:]}, args.json)
+    failed += sum(bool(r.get("placement", {}).get("cpu_compute")) for r in rows)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

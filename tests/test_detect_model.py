@@ -6,7 +6,7 @@ from torchvision.ops import box_iou
 
 import vitlab
 from vitlab.errors import VitlabError
-from vitlab.models.detect import DetectorCfg, ViTDetector, create_detector, postprocess
+from vitlab.models.detect import DetectorCfg, MaxDownsample, ViTDetector, create_detector, postprocess
 from vitlab.models.fcos import assign_targets, decode_boxes, level_ranges, make_points
 
 K = 3
@@ -35,6 +35,12 @@ def test_pyramid_levels_and_strides_follow_the_patch_size(patch):
     assert out["cls_logits"].shape == (2, p, K) and out["box_regression"].shape == (2, p, 4)
     assert out["centerness"].shape == (2, p)
     assert (out["box_regression"] >= 0).all()
+
+
+@pytest.mark.parametrize(("k", "size"), [(2, (8, 8)), (2, (7, 9)), (4, (13, 16))])
+def test_max_downsample_equals_max_pool(k, size):
+    x = torch.randn(3, 5, *size)
+    torch.testing.assert_close(MaxDownsample(k)(x), torch.nn.MaxPool2d(k, k)(x), rtol=0, atol=0)
 
 
 def test_points_are_row_major_per_level():

@@ -83,6 +83,7 @@ def _assert_same(ref, out, score_tol=1e-3):
 def test_nms_is_one_onnx_node_and_attention_fused_per_block(graphs):
     counts = [n.op_type for n in graphs["fp32"].graph.node]
     assert counts.count("NonMaxSuppression") == 1
+    assert "MaxPool" not in counts  # ONNX Runtime's CUDA provider has no opset-22 MaxPool: it would run on the CPU
     assert count_fused_attention(graphs["fp32"]) == count_fused_attention(graphs["fp16"]) == 2
     assert [o.name for o in graphs["fp32"].graph.output] == OUTPUTS
     assert graphs["fp32"].graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

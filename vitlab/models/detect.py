@@ -68,6 +68,22 @@ class DetectorCfg:
 DETECTOR_OPTIONS = tuple(f.name for f in dataclasses.fields(DetectorCfg))
 
 
+class MaxDownsample(nn.Module):
+    """``k x k`` max-pooling with stride ``k`` (floor mode: ``nn.MaxPool2d(k, k)``'s values) as a reshape and a max
+    over the window axes. Exported, that is Reshape + ReduceMax, which ONNX Runtime's CUDA provider runs; it has no
+    kernel for the opset-22 ``MaxPool`` the exporter writes, so that node (and copies around it) went to the CPU."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, C, H // k, W // k]
+        k, (c, h, w) = self.k, x.shape[1:]
+        if h % k or w % k:
+            x = x[:, :, : h - h % k, : w - w % k]
+        return x.reshape(-1, c, h // k, k, w // k, k).amax(dim=(3, 5))  # -1: no shape arithmetic in the graph
+
+
 class SimpleFeaturePyramid(nn.Module):
     """ViTDet's simple feature pyramid (detectron2's ``SimpleFeaturePyramid`` without the extra top block): per scale
     factor, from the ``[N, D, H/p, W/p]`` map, 2x2 stride-2 transposed convolutions up (channels halving, LayerNorm +
@@ -88,7 +104,7 @@ class SimpleFeaturePyramid(nn.Module):
                 layers.append(nn.ConvTranspose2d(dim, dim // 2, kernel_size=2, stride=2))
                 dim //= 2
             if factor < 1:
-                layers.append(nn.MaxPool2d(kernel_size=round(1 / factor), stride=round(1 / factor)))
+                layers.append(MaxDownsample(round(1 / factor)))
             layers += [nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
                        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
             self.stages.append(nn.Sequential(*layers))
