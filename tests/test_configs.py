@@ -15,8 +15,8 @@ CONFIGS = REPO / "configs"
 FAST = ["--trainer.fast_dev_run=true", "--data.init_args.num_workers=0"]
 TINY_SCENES = ["--data.init_args.train_size=8", "--data.init_args.val_size=4", "--data.init_args.test_size=4",
                "--data.init_args.image_size=96"]
-# per shipped config: the data overrides that make it run on a tiny real data set ({folder} / {csv} / {scenes} are
-# filled in)
+# per shipped config: the data overrides that make it run on a tiny real data set ({folder} / {csv} / {scenes} /
+# {mae} are filled in)
 OVERRIDES = {
     "_test/tiny_fmnist.yaml": ["--data.init_args.limit=256"],
     "classify/fmnist_demo.yaml": ["--data.init_args.limit=256", "--data.init_args.batch_size=16"],
@@ -26,6 +26,14 @@ OVERRIDES = {
     # {scenes}: the tiny scenes of the ``scenes`` fixture (TINY_SCENES are its sizes: reused, not rewritten)
     "detect/scenes_demo.yaml": ["--data.init_args.root={scenes}", *TINY_SCENES, "--data.init_args.batch_size=4"],
     "detect/scenes_best.yaml": ["--data.init_args.root={scenes}", *TINY_SCENES, "--data.init_args.batch_size=4"],
+    "classify/fmnist_10pct_scratch.yaml": ["--data.init_args.limit=2000", "--data.init_args.batch_size=16"],
+    "classify/fmnist_10pct_mae.yaml": ["--data.init_args.limit=2000", "--data.init_args.batch_size=16",
+                                       "--model.init_args.pretrained={mae}"],
+    "generate/fmnist_mae.yaml": ["--data.init_args.limit=256", "--data.init_args.batch_size=16"],
+    "generate/scenes_mae.yaml": ["--data.init_args.train_dir={scenes}/train", "--data.init_args.batch_size=4",
+                                 "--model.init_args.model_options={{img_size: 96}}"],
+    "generate/mae_imagefolder.yaml": ["--data.init_args.train_dir={folder}", "--data.init_args.batch_size=4",
+                                      "--model.init_args.model_options={{img_size: 64}}"],
     "detect/coco.yaml": ["--data.init_args.train_images={scenes}/train",
                          "--data.init_args.train_annotations={scenes}/annotations/train.json",
                          "--data.init_args.val_images={scenes}/val",
@@ -69,9 +77,24 @@ def scenes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def mae(tmp_path_factory):
+    """An MAE checkpoint of the demo ViT (random weights, as Lightning writes it) for the fine-tuning config."""
+    import torch
+
+    from vitlab.tasks import MAETask
+
+    task = MAETask("vitlab_fmnist", decoder_dim=64)
+    path = tmp_path_factory.mktemp("mae") / "mae.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "vitlab_task": "MAETask"},
+               path)
+    return path
+
+
 @pytest.mark.parametrize("config", sorted(OVERRIDES))
-def test_config_fits_through_the_real_cli(config, own_data, scenes, tmp_path):
-    extra = [o.format(folder=own_data["folder"], csv=own_data["csv"], scenes=scenes) for o in OVERRIDES[config]]
+def test_config_fits_through_the_real_cli(config, own_data, scenes, mae, tmp_path):
+    extra = [o.format(folder=own_data["folder"], csv=own_data["csv"], scenes=scenes, mae=mae)
+             for o in OVERRIDES[config]]
     res = run(["fit", "--config", str(CONFIGS / config), *FAST, *extra, f"--trainer.default_root_dir={tmp_path}"],
               REPO)
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in res.stdout + res.stderr

@@ -131,6 +131,37 @@ def test_fmnist_datamodule_split_is_deterministic_and_disjoint():
 
 
 @needs_fmnist
+def test_label_fraction_is_class_balanced_fixed_by_seed_and_holds_val_inside():
+    def labeled(seed):
+        dm = FashionMNISTDataModule(label_fraction=0.1, val_fraction=0.1, seed=seed, preprocess=GREY28)
+        dm.setup("fit")
+        pool, val = dm._sets["train"].base, dm._sets["val"].base
+        return pool.dataset, pool.indices, val.indices
+
+    subset, train_idx, val_idx = labeled(0)
+    assert len(subset) == 6000 and np.bincount(subset.labels).tolist() == [600] * 10
+    assert len(val_idx) == 600 and len(train_idx) == 5400 and not set(train_idx) & set(val_idx)
+    assert labeled(0)[1] == train_idx
+    other = labeled(1)[0]
+    assert not np.array_equal(other.images, subset.images)  # another seed, other images
+    full_images = fashion_mnist_arrays("train")[0]
+    assert any(np.array_equal(subset.images[0], im) for im in full_images[:2000])  # real training images
+    with pytest.raises(VitlabError, match="label_fraction"):
+        FashionMNISTDataModule(label_fraction=0.0)
+
+
+def test_unlabeled_folder_takes_every_image(image_folder):
+    (image_folder / "loose.png").write_bytes((image_folder / "class_0" / "0.png").read_bytes())
+    dm = ImageFolderDataModule(str(image_folder), unlabeled=True)
+    assert dm.class_names == ["image"] and len(dm.split_set("train")) == 25
+    with pytest.raises(VitlabError, match="class sub-folders"):
+        ImageFolderDataModule(str(image_folder / "class_0"))
+    (image_folder.parent / "empty").mkdir()
+    with pytest.raises(VitlabError, match="has no images"):
+        ImageFolderDataModule(str(image_folder.parent / "empty"), unlabeled=True)
+
+
+@needs_fmnist
 def test_datamodule_batches_are_uint8_in_model_layout(image_folder):
     dm = ImageFolderDataModule(str(image_folder), batch_size=4, preprocess=PreprocessCfg(input_size=(3, 32, 32)))
     assert dm.num_classes == 3 and dm.class_names == ["class_0", "class_1", "class_2"]

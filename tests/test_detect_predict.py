@@ -377,3 +377,14 @@ def test_edge_cli_detection_csv_and_coco_with_a_stand_in_model(tmp_path, monkeyp
     assert (res["image_id"], res["category_id"]) == (5, 8)
     np.testing.assert_allclose(res["bbox"], [10, 6, 20, 12], atol=1.0)
     assert "2 records (1 errors)" in capsys.readouterr().out
+    # an input the annotations do not list, or classes that map to no categories: one line before any prediction
+    (photos / "extra.png").write_bytes((photos / "empty.png").read_bytes())
+    calls = []
+    monkeypatch.setattr(edge_cli, "predict", lambda *a: calls.append(a) or 0)
+    for gt_doc in (gt, {**gt, "categories": gt["categories"][:3]}):
+        (tmp_path / "gt.json").write_text(json.dumps(gt_doc))
+        assert edge_cli.main(["predict", "m.onnx", str(photos), "--out", str(tmp_path / "r.json"), "--format",
+                              "coco", "--annotations", str(tmp_path / "gt.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "1 inputs are not images of" in err[0] and "extra.png" in err[0]
+    assert "match neither the names nor the number" in err[1] and not calls

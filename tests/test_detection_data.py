@@ -319,3 +319,22 @@ def test_scenes_datamodule_takes_other_coco_data(tmp_path):
     dm = ScenesDataModule(root=str(tmp_path / "scenes"), train_images=folder, train_annotations=ann)
     assert dm.category_ids == [3, 7, 42] and dm.coco_annotations("train").name == "train.json"
     assert not (tmp_path / "scenes").exists()  # nothing generated
+
+
+@needs_fmnist
+def test_concurrent_processes_generate_the_scenes_once(tmp_path):
+    """Two processes (as two DDP ranks) asking for the same scenes at once: one writes them, the other waits and
+    reads the same files."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING)\n"
+            "from vitlab.data.scenes import write_scenes\n"
+            "p = write_scenes(sys.argv[1], {'train': 6, 'val': 2, 'test': 2}, image_size=64)\n"
+            "print(open(p['train'][1]).read()[:200])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "scenes")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("wrote the scenes" in err for _, err in outs) == 1, outs
+    assert outs[0][0] == outs[1][0]

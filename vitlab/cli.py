@@ -222,6 +222,13 @@ def predict_command(argv: list[str]) -> None:
         backend = predictor.backend.name
     if coco and "boxes" not in decoder_for(task).fields:  # (the stream has not started: nothing ran yet)
         raise VitlabError(f"--format coco writes detections; {a.model} is a {task} model")
+    if coco:  # every input an image of the annotations, every class a category: checked before the run
+        from vitlab_edge.files import check_coco_inputs
+
+        try:
+            check_coco_inputs(items, a.annotations, labels)
+        except ValueError as e:
+            raise VitlabError(str(e)) from None
     errors = 0
 
     def merged():
@@ -254,6 +261,34 @@ def _log_to_stderr() -> None:
             logger.propagate = False
 
 
+def reconstruct_command(argv: list[str]) -> None:
+    """``vitlab reconstruct MAE.ckpt IMAGES... --out grid.png [--mask-ratio R] [--seed S]``"""
+    import argparse
+
+    from vitlab_edge.sources import expand_inputs
+
+    import vitlab
+    from vitlab.tasks import MAETask
+    from vitlab.viz import save_reconstruction_grid
+
+    ap = argparse.ArgumentParser(prog="vitlab reconstruct", description="Mask images and reconstruct them with an "
+                                 "MAE checkpoint: one PNG row per image, original | masked | reconstruction | "
+                                 "reconstruction with the visible patches pasted back.")
+    ap.add_argument("checkpoint", help="an MAE checkpoint (vitlab fit --config configs/generate/fmnist_mae.yaml)")
+    ap.add_argument("inputs", nargs="+", help="image files, folders, globs or .txt lists")
+    ap.add_argument("--out", required=True, help="the PNG grid to write")
+    ap.add_argument("--mask-ratio", type=float, default=None, help="default: the checkpoint's training ratio")
+    ap.add_argument("--seed", type=int, default=0, help="the same seed gives the same masks")
+    a = ap.parse_args(argv)
+    task = vitlab.load(a.checkpoint)
+    if not isinstance(task, MAETask):
+        raise VitlabError(f"{a.checkpoint} is a {type(task).__name__} checkpoint; reconstruct needs an MAETask one")
+    files = expand_inputs(a.inputs, VitlabError)
+    rec = task.reconstruct(files, a.mask_ratio, a.seed)
+    path = save_reconstruction_grid({k: v for k, v in rec.items() if k != "mask"}, a.out)
+    print(f"{len(files)} images, {rec['mask'].mean():.0%} of patches masked: {path}")
+
+
 def _demo_command(argv: list[str]) -> None:
     from vitlab.demo import main as demo_main
 
@@ -263,6 +298,7 @@ def _demo_command(argv: list[str]) -> None:
 # vitlab's own commands: name -> (one line for `vitlab --help`, handler of the remaining arguments)
 COMMANDS = {
     "export": ("export a checkpoint to ONNX (fp32/fp16/int8, fused attention, accuracy-gated)", export_command),
+    "reconstruct": ("mask and reconstruct images with an MAE checkpoint, as a PNG grid", reconstruct_command),
     "demo": ("train, test, export and serve the Fashion-MNIST demo model in about 5 minutes", _demo_command),
 }
 LIGHTNING_COMMANDS = {

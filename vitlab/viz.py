@@ -227,3 +227,24 @@ def write_detection_report(result: dict, names: list[str], gt_counts: list[int],
                                             {"classes": rows, "summary": summary or {}}),
         "pr_curve": plot_pr_curves(result, names, out_dir / "pr_curve.png", 0.5, iou_thresholds),
     }
+
+
+# --- reconstruction (MAE) --------------------------------------------------------------------------------------
+def save_reconstruction_grid(rows: dict[str, np.ndarray], path: str | os.PathLike, min_side: int = 64) -> Path:
+    """One row per image, one column per entry of ``rows`` (e.g. original | masked | reconstruction | pasted),
+    each uint8 ``[N, C, H, W]``, upscaled to at least ``min_side``, 2-px gaps, as PNG (written atomically)."""
+    from PIL import Image
+
+    columns = [np.asarray(v) for v in rows.values()]
+    n, _, h, w = columns[0].shape
+    scale = max(1, -(-min_side // min(h, w)))
+    gap, hs, ws = 2, h * scale, w * scale
+    grid = np.full((n * (hs + gap) + gap, len(columns) * (ws + gap) + gap, 3), 255, np.uint8)
+    for j, col in enumerate(columns):
+        for i in range(n):
+            tile = col[i].transpose(1, 2, 0)
+            tile = np.repeat(tile, 3, axis=2) if tile.shape[2] == 1 else tile
+            tile = tile.repeat(scale, 0).repeat(scale, 1)
+            y, x = gap + i * (hs + gap), gap + j * (ws + gap)
+            grid[y:y + hs, x:x + ws] = tile
+    return atomic_write(path, lambda p: Image.fromarray(grid).save(p, format="PNG"))

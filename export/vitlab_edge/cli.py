@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vitlab_edge.files import OUTPUT_FORMATS, write_coco, write_records
+from vitlab_edge.files import OUTPUT_FORMATS, check_coco_inputs, write_coco, write_records
 from vitlab_edge.metadata import ModelFormatError
 from vitlab_edge.model import EdgeModel
 from vitlab_edge.session import RuntimeMissingError
@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.format == "coco" and "boxes" not in model.decoder.fields:
             raise ModelFormatError(f"{args.model}: --format coco writes detections, this is a {model.task} model")
-        return predict(model, expand_inputs(args.images), args)
+        files = expand_inputs(args.images)
+        if args.format == "coco":
+            try:
+                check_coco_inputs(files, args.annotations, model.labels)
+            except ValueError as e:
+                raise ModelFormatError(str(e)) from None
+        return predict(model, files, args)
     except USER_ERRORS as e:
         print(f"vitlab-edge: error: {e}", file=sys.stderr)
         return 2

@@ -126,6 +126,24 @@ def coco_category_ids(annotations: dict[str, Any], labels: list[str]) -> list[in
                      f"the number of the {len(cats)} categories of the annotations")
 
 
+def check_coco_inputs(sources: Iterable[str | os.PathLike], annotations: str | os.PathLike,
+                      labels: list[str]) -> None:
+    """Before predicting: ``annotations`` reads as COCO JSON, the model's classes map to its categories and every
+    source is one of its images; ValueError naming the first mismatch (so a long run cannot fail at its end)."""
+    try:
+        doc = json.loads(Path(annotations).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the annotations {annotations}: {e}") from None
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise ValueError(f"{annotations} is not a COCO ground-truth JSON (no 'images')")
+    coco_category_ids(doc, list(labels))
+    image_id = coco_image_ids(doc)
+    unknown = [str(s) for s in sources if image_id(str(s)) is None]
+    if unknown:
+        raise ValueError(f"{len(unknown)} inputs are not images of {annotations} (no file_name matches), e.g. "
+                         f"{unknown[0]}")
+
+
 def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annotations: str | os.PathLike,
                labels: list[str]) -> int:
     """COCO results JSON (a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``) from detection
@@ -144,6 +162,9 @@ def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annot
         if iid is None:
             raise ValueError(f"{rec['source']} is not an image of {annotations} (no file_name matches it)")
         for (x1, y1, x2, y2), score, k in zip(rec["boxes"], rec["scores"], rec["class_ids"]):
+            if not 0 <= int(k) < len(category):
+                raise ValueError(f"class id {k} of {rec['source']} has no category in {annotations} "
+                                 f"({len(category)} categories)")
             results.append({"image_id": iid, "category_id": category[int(k)], "score": float(score),
                             "bbox": [x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)]})
 

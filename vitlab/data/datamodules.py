@@ -21,6 +21,7 @@ from vitlab.data.datasets import (
     fashion_mnist_root,
     read_csv_list,
     scan_image_folder,
+    scan_unlabeled_folder,
 )
 from vitlab.data.transforms import load_pipeline, make_sample_transform
 from vitlab.errors import VitlabError
@@ -55,6 +56,14 @@ def collate(samples: list) -> dict[str, Any]:
                 "skipped": len(samples)}
     images = torch.from_numpy(np.stack([s[0] for s in good]))
     return {"image": images, "target": torch.tensor([s[1] for s in good]), "skipped": len(samples) - len(good)}
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of ``fraction`` of each class's items (at least one per class), drawn by ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[: max(1, round(np.sum(labels == c) * fraction))]
+            for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
 
 
 class VitlabDataModule(L.LightningDataModule):
@@ -178,20 +187,28 @@ class ClassificationDataModule(VitlabDataModule):
 class FashionMNISTDataModule(ClassificationDataModule):
     """Fashion-MNIST (Xiao et al., 2017): 60k train (val split from it) + the official 10k test set.
 
-    ``limit`` keeps the first N images of each split (tests, smoke runs).
+    ``limit`` keeps the first N images of each split (tests, smoke runs). ``label_fraction`` < 1 keeps that share
+    of the training images, the same share of every class, chosen by ``seed`` (label-scarce experiments); the
+    validation split (``val_fraction``) is then held out of those labeled images only.
     """
 
     def __init__(self, data_dir: str | None = None, download: bool = False, limit: int | None = None,
-                 **kwargs: Any) -> None:
+                 label_fraction: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not 0.0 < label_fraction <= 1.0:
+            raise VitlabError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
         self.class_names = list(FMNIST_LABELS)
-        self.data_dir, self.download, self.limit = data_dir, download, limit
+        self.data_dir, self.download, self.limit, self.label_fraction = data_dir, download, limit, label_fraction
         fashion_mnist_root(data_dir, download)  # fail at config time when the data is missing
 
     def _split(self, split: str) -> ArrayDataset:
         images, labels = fashion_mnist_arrays(split, self.data_dir, self.download)
         n = self.limit or len(labels)
-        return ArrayDataset(images[:n], labels[:n])
+        images, labels = images[:n], labels[:n]
+        if split == "train" and self.label_fraction < 1.0:
+            keep = balanced_subset(labels, self.label_fraction, self.seed)
+            images, labels = images[keep], labels[keep]
+        return ArrayDataset(images, labels)
 
     def split_set(self, split: str) -> Dataset | None:
         return self._split(split) if split != "val" else None  # val: held out of the 60k training images
@@ -222,16 +239,19 @@ class ImageFolderDataModule(_FileListDataModule):
     """Your own images as ``train_dir/<class>/<image>`` (torchvision's layout), optional val/test folders."""
 
     def __init__(self, train_dir: str, val_dir: str | None = None, test_dir: str | None = None,
-                 on_bad_image: str = "skip", **kwargs: Any) -> None:
+                 on_bad_image: str = "skip", unlabeled: bool = False, **kwargs: Any) -> None:
         """
         Args:
             train_dir: the training images, one sub-folder per class.
             val_dir: validation images (default: ``val_fraction`` of ``train_dir`` held out).
             test_dir: test images (default: ``test`` runs on the validation split).
             on_bad_image: ``skip`` (count and warn) or ``raise`` for unreadable files.
+            unlabeled: every image under each folder, sub-folders or not, with one label ``image``
+                (self-supervised pretraining: ``MAETask``).
         """
         super().__init__(**kwargs)
-        self._use_lists(*(scan_image_folder(d) if d else None for d in (train_dir, val_dir, test_dir)),
+        scan = scan_unlabeled_folder if unlabeled else scan_image_folder
+        self._use_lists(*(scan(d) if d else None for d in (train_dir, val_dir, test_dir)),
                         on_bad_image=on_bad_image)
 
 

@@ -149,6 +149,17 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
     return files, labels, classes
 
 
+def scan_unlabeled_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """Every image under ``root`` (sub-folders included), all with label 0 of one class ``image``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VitlabError(f"image folder {root} does not exist")
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise VitlabError(f"image folder {root} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files, [0] * len(files), ["image"]
+
+
 def read_csv_list(path: str | os.PathLike, class_names: Sequence[str] | None = None
                   ) -> tuple[list[str], list[int], list[str]]:
     """A CSV with columns ``path,label`` (label = class name); relative paths resolve against the CSV's folder."""

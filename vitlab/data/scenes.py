@@ -22,6 +22,7 @@ deterministic by seed: image ``i`` of a split depends only on ``(seed, split, i)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -224,16 +225,34 @@ def write_scenes(root: str | os.PathLike = "data/scenes", sizes: dict[str, int] 
         raise VitlabError(f"scenes image_size must be in [32, 4096] (objects are up to 84 px), got {image_size}")
     root, params = Path(root), {"version": SCENES_VERSION, "sizes": sizes, "image_size": image_size, "seed": seed}
     marker, paths = root / "params.json", scenes_paths(root)
-    try:
-        if json.loads(marker.read_text(encoding="utf-8")) == params:
-            return paths
-    except (OSError, ValueError):
-        pass
-    marker.unlink(missing_ok=True)
-    start, photos = time.perf_counter(), scene_photos(image_size)
-    for split in SPLITS:
-        _write_split(*paths[split], split, int(sizes[split]), image_size, seed, photos, data_dir)
-    atomic_write_json(marker, params)
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".lock"):  # DDP ranks (and nodes on a shared disk) generate once, the others wait
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")) == params:
+                return paths
+        except (OSError, ValueError):
+            pass
+        marker.unlink(missing_ok=True)
+        start, photos = time.perf_counter(), scene_photos(image_size)
+        for split in SPLITS:
+            _write_split(*paths[split], split, int(sizes[split]), image_size, seed, photos, data_dir)
+        atomic_write_json(marker, params)
     log.warning("wrote the scenes data set to %s (%s images) in %.1f s", root, sum(sizes.values()),
                 time.perf_counter() - start)
     return paths
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """An exclusive advisory lock on ``path`` (``fcntl.flock``; without fcntl, e.g. on Windows, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # prefixes that wrap timm's VisionTransformer keys in Lightning / DDP / torch.compile / vitlab checkpoints
 _WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "backbone.", "vit.")
+# what a vitlab MAE checkpoint holds beside the encoder (vitlab.models.mae.MaskedAutoencoder's own modules)
+MAE_DECODER_KEYS = ("decoder_", "mask_token")
 
 
 class ViTBackbone(nn.Module):
@@ -81,6 +83,27 @@ class ViTBackbone(nn.Module):
         patches = tokens[:, self.num_prefix_tokens:]  # [N, L, D]
         fmap = patches.transpose(1, 2).reshape(n, -1, h // p, w // p)  # [N, D, H/p, W/p]
         return {"tokens": tokens, "pooled": pooled, "map": fmap}
+
+    def forward_masked(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """MAE's encoder pass (He et al., 2022): position embeddings are added to all ``L`` patches, then only the
+        patches ``keep`` (``[N, K]`` row-major indices) go through the blocks, behind the prefix tokens. Returns
+        ``[N, num_prefix_tokens + K, D]`` after the final norm. Needs the model's own input size."""
+        vit = self.vit
+        x = vit.patch_embed(self.normalize(images))  # [N, L, D]
+        x = x.flatten(1, 2) if x.ndim == 4 else x  # dynamic_img_size gives [N, h, w, D]
+        n, num_prefix = len(x), self.num_prefix_tokens
+        prefix = [t.expand(n, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if vit.pos_embed is not None:
+            if vit.pos_embed.shape[1] not in (x.shape[1], x.shape[1] + num_prefix):
+                raise VitlabError(f"masked encoding needs the model's input size {self.preprocess.input_size[1:]}")
+            if vit.no_embed_class:
+                x = x + vit.pos_embed
+            else:
+                x = x + vit.pos_embed[:, num_prefix:]
+                prefix = [torch.cat(prefix, 1) + vit.pos_embed[:, :num_prefix]] if prefix else []
+        x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # [N, K, D]
+        x = torch.cat([*prefix, x], 1)  # [N, P + K, D]
+        return vit.norm(vit.blocks(vit.norm_pre(x)))
 
 
 class WeightsWarning(UserWarning):
@@ -159,6 +182,10 @@ def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.P
 
     report = LoadReport(str(path))
     state = read_timm_state_dict(path, backbone.vit)
+    decoder = [k for k in state if k.startswith(MAE_DECODER_KEYS)]  # a vitlab MAE checkpoint: its encoder only
+    if decoder:
+        state = {k: v for k, v in state.items() if not k.startswith(MAE_DECODER_KEYS)}
+        report.adapted.append(f"MAE decoder and mask token dropped ({len(decoder)} tensors)")
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     w = body.get("patch_embed.proj.weight")

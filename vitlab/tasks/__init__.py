@@ -8,9 +8,10 @@ from vitlab.errors import VitlabError
 from vitlab.tasks.base import VitlabTask
 from vitlab.tasks.classification import ClassificationTask
 from vitlab.tasks.detection import DetectionTask
+from vitlab.tasks.mae import MAETask
 
 # the task name saved in a checkpoint (``vitlab_task``) -> its class, for vitlab.load
-TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask}
+TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask, "MAETask": MAETask}
 
 
 def load_task(path: str | os.PathLike, map_location: str = "cpu"):
@@ -37,4 +38,4 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     return task.eval()
 
 
-__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "VitlabTask", "load_task"]
+__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "MAETask", "VitlabTask", "load_task"]
