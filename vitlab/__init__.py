@@ -1,7 +1,7 @@
 """vitlab: Vision Transformers for classification, detection and generation, trained with Lightning."""
 
 from vitlab.errors import VitlabError
-from vitlab.inference import Prediction, Predictor
+from vitlab.inference import Prediction, Predictor, Sampler
 from vitlab.models.classify import create_backbone, create_model
 from vitlab.models.detect import create_detector
 from vitlab.preprocess import PreprocessCfg
@@ -24,5 +24,5 @@ def load(path: str, map_location: str = "cpu"):
     return load_task(path, map_location=map_location)
 
 
-__all__ = ["Prediction", "Predictor", "PreprocessCfg", "VitlabError", "__version__", "create_backbone",
+__all__ = ["Prediction", "Predictor", "PreprocessCfg", "Sampler", "VitlabError", "__version__", "create_backbone",
            "create_detector", "create_model", "export_onnx", "list_models", "load", "register_model"]

@@ -229,8 +229,8 @@ def write_detection_report(result: dict, names: list[str], gt_counts: list[int],
     }
 
 
-# --- reconstruction (MAE) --------------------------------------------------------------------------------------
-def save_reconstruction_grid(rows: dict[str, np.ndarray], path: str | os.PathLike, min_side: int = 64) -> Path:
+# --- image grids (MAE reconstructions, generated samples) ------------------------------------------------------
+def save_image_grid(rows: dict[str, np.ndarray], path: str | os.PathLike, min_side: int = 64) -> Path:
     """One row per image, one column per entry of ``rows`` (e.g. original | masked | reconstruction | pasted),
     each uint8 ``[N, C, H, W]``, upscaled to at least ``min_side``, 2-px gaps, as PNG (written atomically)."""
     from PIL import Image
@@ -248,3 +248,9 @@ def save_reconstruction_grid(rows: dict[str, np.ndarray], path: str | os.PathLik
             y, x = gap + i * (hs + gap), gap + j * (ws + gap)
             grid[y:y + hs, x:x + ws] = tile
     return atomic_write(path, lambda p: Image.fromarray(grid).save(p, format="PNG"))
+
+
+def save_sample_grid(images: np.ndarray, path: str | os.PathLike, min_side: int = 56) -> Path:
+    """Generated images ``[rows, cols, H, W, C]`` (one row per class) as one PNG with 2-px gaps (atomic)."""
+    rows = {str(j): images[:, j].transpose(0, 3, 1, 2) for j in range(images.shape[1])}  # columns of [rows, C, H, W]
+    return save_image_grid(rows, path, min_side)

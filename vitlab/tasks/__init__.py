@@ -8,10 +8,12 @@ from vitlab.errors import VitlabError
 from vitlab.tasks.base import VitlabTask
 from vitlab.tasks.classification import ClassificationTask
 from vitlab.tasks.detection import DetectionTask
+from vitlab.tasks.diffusion import DiffusionTask
 from vitlab.tasks.mae import MAETask
 
 # the task name saved in a checkpoint (``vitlab_task``) -> its class, for vitlab.load
-TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask, "MAETask": MAETask}
+TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask, "MAETask": MAETask,
+         "DiffusionTask": DiffusionTask}
 
 
 def load_task(path: str | os.PathLike, map_location: str = "cpu"):
@@ -32,10 +34,11 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     if cls is None:
         raise VitlabError(f"{path}: unknown task {ckpt.get('vitlab_task')!r}")
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
-    hp["pretrained"] = False  # the checkpoint's own weights replace any starting point (a HF folder's too)
+    if "pretrained" in hp:
+        hp["pretrained"] = False  # the checkpoint's own weights replace any starting point (a HF folder's too)
     task = cls(**hp)
     task.load_state_dict(ckpt["state_dict"])
     return task.eval()
 
 
-__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "MAETask", "VitlabTask", "load_task"]
+__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "DiffusionTask", "MAETask", "VitlabTask", "load_task"]

@@ -83,10 +83,10 @@ class MAETask(VitlabTask):
     def _write_grid(self, name: str) -> None:
         out = self.report_dir()  # on every rank (a broadcast)
         if self.trainer.is_global_zero and self._preview is not None and not self.trainer.sanity_checking:
-            from vitlab.viz import save_reconstruction_grid
+            from vitlab.viz import save_image_grid
 
             rec = self.reconstruct(self._preview.to(self.device))
-            save_reconstruction_grid({k: v for k, v in rec.items() if k != "mask"}, out / name)
+            save_image_grid({k: v for k, v in rec.items() if k != "mask"}, out / name)
         self._preview = None
 
     def on_validation_epoch_end(self) -> None:
