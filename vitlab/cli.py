@@ -110,7 +110,9 @@ def export_command(argv: list[str]) -> None:
 
     ap = argparse.ArgumentParser(prog="vitlab export", description="Export a checkpoint to ONNX: uint8 images in, "
                                  "probs and logits (classification) or boxes, scores, labels, num_dets with NMS "
-                                 "inside (detection) out, one fused attention node per block, metadata inside.")
+                                 "inside (detection) out, or one guided denoiser step (generation: x, t, y, "
+                                 "guidance -> v, gated on sample parity); one fused attention node per block, "
+                                 "metadata inside.")
     ap.add_argument("checkpoint")
     ap.add_argument("--out", required=True, help="output folder: model[.PRECISION].onnx and report.json")
     ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
@@ -119,7 +121,7 @@ def export_command(argv: list[str]) -> None:
                     help="onnx: standard Attention op; ort-mha: com.microsoft.MultiHeadAttention")
     ap.add_argument("--eval-data", nargs="+", default=None, metavar="DATA",
                     help="held-out images for the report: fashion-mnist or a folder (classification); "
-                    "IMAGES_DIR ANNOTATIONS.json (COCO) or scenes (detection)")
+                    "IMAGES_DIR ANNOTATIONS.json (COCO) or scenes (detection); none for generation")
     ap.add_argument("--num-eval", type=int, default=10000)
     ap.add_argument("--calib-data", nargs="+", default=None, metavar="DATA",
                     help="training images for static int8, as --eval-data (default: dynamic int8)")

@@ -2,6 +2,7 @@
 
     vitlab-edge predict model.onnx photos/ 'more/**/*.jpg' list.txt --out preds.jsonl   # or preds.csv
     vitlab-edge predict detector.onnx val/ --out results.json --format coco --annotations val.json
+    vitlab-edge sample generator.onnx --per-class 8 --steps 20 --guidance 2 --seed 0 --out grid.png
     vitlab-edge info model.onnx
 """
 
@@ -15,11 +16,13 @@ from pathlib import Path
 
 from vitlab_edge.files import OUTPUT_FORMATS, check_coco_inputs, write_coco, write_records
 from vitlab_edge.metadata import ModelFormatError
-from vitlab_edge.model import EdgeModel
+from vitlab_edge.model import EdgeModel, open_model
+from vitlab_edge.sampler import LabelError, Sampler, save_grid
 from vitlab_edge.session import RuntimeMissingError
 from vitlab_edge.sources import EmptySourceError, expand_inputs
 
-USER_ERRORS = (ModelFormatError, EmptySourceError, RuntimeMissingError)  # printed as one line, exit status 2
+# printed as one line, exit status 2
+USER_ERRORS = (ModelFormatError, EmptySourceError, RuntimeMissingError, LabelError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +37,18 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--topk", type=int, default=5)
     pred.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
+    smp = sub.add_parser("sample", help="sample a generation model: one PNG grid, a row per class or per --labels")
+    smp.add_argument("model")
+    which = smp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--labels", nargs="+", help="class ids or names: one row of images, in this order")
+    which.add_argument("--per-class", type=int, help="this many images of every class, one row per class")
+    smp.add_argument("--out", required=True, help="a .png file (written atomically)")
+    smp.add_argument("--steps", type=int, default=None, help="default: the model's metadata")
+    smp.add_argument("--guidance", type=float, default=None, help="default: the model's metadata")
+    smp.add_argument("--method", default=None, choices=["euler", "heun"], help="default: the model's metadata")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--batch-size", type=int, default=256)
+    smp.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
     info = sub.add_parser("info", help="print the model's metadata and the providers granted")
     info.add_argument("model")
     return ap
@@ -47,13 +62,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--format coco needs --out X.json and --annotations GT.json")
     elif args.command == "predict" and Path(args.out).suffix not in OUTPUT_FORMATS:
         ap.error(f"--out {args.out}: use a .jsonl or .csv file name")
+    elif args.command == "sample" and (Path(args.out).suffix.lower() != ".png" or (args.per_class or 1) < 1):
+        ap.error("sample needs --out X.png and --per-class >= 1")
     logging.basicConfig(level=logging.INFO, format="vitlab-edge: %(message)s")
     try:
         providers = args.providers.split(",") if getattr(args, "providers", None) else None
-        model = EdgeModel(args.model, providers=providers)
         if args.command == "info":
-            print(json.dumps({"providers": model.providers, **model.metadata}, indent=2))
+            session, metadata = open_model(args.model, providers)
+            print(json.dumps({"providers": session.get_providers(), **metadata}, indent=2))
             return 0
+        if args.command == "sample":
+            return sample(Sampler(args.model, providers), args)
+        model = EdgeModel(args.model, providers=providers)
         if args.format == "coco" and "boxes" not in model.decoder.fields:
             raise ModelFormatError(f"{args.model}: --format coco writes detections, this is a {model.task} model")
         files = expand_inputs(args.images)
@@ -86,6 +106,18 @@ def predict(model: EdgeModel, files: list[str], args: argparse.Namespace) -> int
     else:
         n = write_records(counted(), args.out, model.decoder.csv_fields)
     print(f"vitlab-edge: {n} records ({errors} errors) -> {args.out} [{', '.join(model.providers)}]")
+    return 0
+
+
+def sample(sampler: Sampler, args: argparse.Namespace) -> int:
+    """Write the grid of ``args.labels`` (one row) or of ``args.per_class`` images per class (a row each)."""
+    if args.labels:
+        labels, rows = args.labels, 1
+    else:
+        labels, rows = [i for i in range(sampler.num_classes) for _ in range(args.per_class)], sampler.num_classes
+    images = sampler.sample(labels, args.steps, args.guidance, args.seed, args.method, args.batch_size)
+    save_grid(images.reshape(rows, -1, *images.shape[1:]), args.out)
+    print(f"vitlab-edge: {len(images)} images ({rows} row(s)) -> {args.out} [{', '.join(sampler.providers)}]")
     return 0
 
 

@@ -10,6 +10,11 @@ already applied inside the graph), ``interpolation``, ``resize`` (squash | cente
 (``boxes`` ``[N, max_det, 4]`` x1, y1, x2, y2 in model-input pixels, ``scores`` ``[N, max_det]``, ``labels`` int64
 ``[N, max_det]``, ``num_dets`` int64 ``[N]``; rows past ``num_dets`` are padding), with the post-processing the graph
 runs: ``score_thresh``, ``nms_thresh``, ``topk``, ``max_det``, ``class_agnostic``; its ``resize`` is ``letterbox``.
+``generation``: one guided denoiser step, inputs ``x`` float32 ``[N, C, H, W]``, ``t`` float32 ``[N]``, ``y`` int64
+``[N]``, ``guidance`` float32 ``[N]``, output ``v`` (``input_dtype`` "float32"), with ``objective``
+(``rectified_flow``), the sampling defaults ``sampler`` (euler | heun), ``steps``, ``guidance``, the "no label"
+class ``null_class`` (= the number of classes) and ``pixel_scale`` (``x0 = image / pixel_scale - 1``); see
+``vitlab_edge.sampling``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolat
             "inputs", "outputs", "precision")
 # per task: the keys it adds (a detector's: its post-processing options) and the outputs its graph has; vitlab's
 # exporter and torch backend take both from here
-TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic")}
-TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets")}
+TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic"),
+             "generation": ("objective", "sampler", "steps", "guidance", "null_class", "pixel_scale")}
+TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets"),
+                "generation": ("v",)}
+GENERATION_INPUTS = ("x", "t", "y", "guidance")
 
 
 class ModelFormatError(ValueError):
@@ -63,6 +71,13 @@ def parse_metadata(text: str | None, source: str) -> dict[str, Any]:
     if task == "detection" and (meta["resize"] != "letterbox" or int(meta["max_det"]) < 1):
         raise ModelFormatError(f"{source}: a detection model needs resize 'letterbox' and max_det >= 1, the "
                                f"metadata says {meta['resize']!r}, {meta['max_det']}")
+    if task == "generation" and (list(meta["inputs"]) != list(GENERATION_INPUTS)
+                                 or meta["objective"] != "rectified_flow" or meta["sampler"] not in ("euler", "heun")
+                                 or int(meta["steps"]) < 1 or int(meta["null_class"]) < 1):
+        raise ModelFormatError(f"{source}: a generation model needs inputs {list(GENERATION_INPUTS)}, objective "
+                               "'rectified_flow', sampler euler or heun, steps >= 1 and null_class >= 1; the metadata "
+                               f"says {meta['inputs']}, {meta['objective']!r}, {meta['sampler']!r}, {meta['steps']}, "
+                               f"{meta['null_class']}")
     c, h, w = meta["input_size"]
     if c not in (1, 3) or h < 1 or w < 1:
         raise ModelFormatError(f"{source}: bad input_size {meta['input_size']} in the metadata")

@@ -33,21 +33,10 @@ class EdgeModel:
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, session_options: Any | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFormatError(f"{self.path}: no such model file")
-        try:
-            self.session = create_session(self.path, providers, session_options)
-        except RuntimeMissingError:
-            raise
-        except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from onnxruntime
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelFormatError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = parse_metadata(props.get(METADATA_KEY), str(self.path))
-        names = [i.name for i in self.session.get_inputs()]
-        if names != list(self.metadata["inputs"]):
-            raise ModelFormatError(f"{self.path}: graph inputs {names} differ from the metadata's "
-                                   f"{self.metadata['inputs']}")
+        self.session, self.metadata = open_model(self.path, providers, session_options)
+        if self.metadata["task"] == "generation":
+            raise ModelFormatError(f"{self.path}: a generation model takes no images; sample it with "
+                                   "vitlab_edge.Sampler or `vitlab-edge sample`")
         try:
             self.decoder: RecordDecoder = decoder_for(self.metadata["task"])
         except ValueError as e:
@@ -142,7 +131,29 @@ class EdgeModel:
         return records
 
 
-__all__ = ["EdgeModel", "describe_input", "topk_record"]  # topk_record: re-exported from vitlab_edge.records
+def open_model(path: str | os.PathLike, providers: list[str] | None = None, session_options: Any | None = None
+               ) -> tuple[Any, dict[str, Any]]:
+    """An ONNX Runtime session on a vitlab model file and its validated metadata (``vitlab_edge.metadata``), for
+    any task; a missing, unloadable or undescribed file is a ModelFormatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such model file")
+    try:
+        session = create_session(path, providers, session_options)
+    except RuntimeMissingError:
+        raise
+    except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from onnxruntime
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
+    names = [i.name for i in session.get_inputs()]
+    if names != list(metadata["inputs"]):
+        raise ModelFormatError(f"{path}: graph inputs {names} differ from the metadata's {metadata['inputs']}")
+    return session, metadata
+
+
+# topk_record: re-exported from vitlab_edge.records
+__all__ = ["EdgeModel", "describe_input", "open_model", "topk_record"]
 
 
 def describe_input(image: Any, index: int) -> str:

@@ -147,7 +147,8 @@ class Denoiser(nn.Module):
         """Classifier-free guidance in one call: ``v_uncond + guidance * (v_cond - v_uncond)`` (guidance 1: the
         conditional prediction), the two halves run as one batch of ``2N``."""
         both = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null_class)]))
-        cond, uncond = both.chunk(2)
+        n = x.shape[0]  # (len(x) and chunk(2) would fix the batch size under torch.export)
+        cond, uncond = both[:n], both[n:]
         return uncond + guidance.to(both.dtype).view(-1, 1, 1, 1) * (cond - uncond)
 
     def config(self) -> dict:

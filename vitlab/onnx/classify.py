@@ -20,6 +20,7 @@ class ClassificationExport:
 
     def __init__(self, model: nn.Module, options: dict[str, Any]) -> None:
         self.model = model.eval()
+        self.depth = model.backbone.depth
         self.eval_set: EvalSet | None = None
         self.ref: np.ndarray | None = None
 

@@ -188,6 +188,7 @@ class DetectionExport:
 
     def __init__(self, model: nn.Module, options: dict[str, Any]) -> None:
         self.model = model.eval()
+        self.depth = model.backbone.depth
         self.module = DetectEndToEnd(self.model, options).eval()
         self.eval_set: DetectionEvalSet | None = None
         self.ref: dict[str, np.ndarray] | None = None

@@ -1,6 +1,7 @@
 """``export_onnx``: checkpoint -> self-describing ONNX files (fp32 / fp16 / int8) + ``report.json``, gated by
-accuracy (classification) or mAP50 (detection) measured on real held-out images. The task's piece is found by its
-name in ``EXPORTS``. Files appear only when complete (temp file, then rename)."""
+accuracy (classification) or mAP50 (detection) measured on real held-out images, or by sample parity with the
+checkpoint (generation: one denoiser step). The task's piece is found by its name in ``EXPORTS``. Files appear only
+when complete (temp file, then rename)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vitlab._fs import atomic_write, atomic_write_json
 from vitlab.errors import VitlabError
 from vitlab.onnx.classify import ClassificationExport
 from vitlab.onnx.detect import DetectionExport
+from vitlab.onnx.generate import GenerationExport
 from vitlab.onnx.graph import (
     ATTENTION_PATHS,
     count_fused_attention,
@@ -33,8 +35,9 @@ from vitlab.onnx.precision import PRECISIONS, to_fp16, to_int8
 log = logging.getLogger(__name__)
 
 # the model's task (``preprocess.task``, saved in the checkpoint) -> its piece of the exporter: the end-to-end
-# graph, the eval set + torch reference, the gate (``evaluate``), extra metadata and the fp32-kept nodes
-EXPORTS = {"classification": ClassificationExport, "detection": DetectionExport}
+# graph, the eval set + torch reference, the gate (``evaluate``), extra metadata, the fp32-kept nodes and the
+# number of attention blocks (``depth``)
+EXPORTS = {"classification": ClassificationExport, "detection": DetectionExport, "generation": GenerationExport}
 
 
 @dataclass
@@ -51,11 +54,16 @@ def file_name(precision: str) -> str:
 
 
 def load_exportable(source: Any) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """(model, model name, the task's hyper-parameters) from a checkpoint path, a task or a vitlab model."""
+    """(model, model name, the task's hyper-parameters) from a checkpoint path, a task or a vitlab model. For a
+    DiffusionTask the "model" is the task itself: its piece exports the EMA denoiser (``task.ema``) and samples
+    with the task's defaults."""
+    from vitlab.tasks import DiffusionTask
     from vitlab.tasks.base import VitlabTask
 
     if isinstance(source, (str, os.PathLike)):
         source = vitlab.load(source)
+    if isinstance(source, DiffusionTask):
+        return source.eval(), source.hparams.model_name, dict(source.hparams)
     if isinstance(source, VitlabTask):
         return source.model.eval(), source.hparams.model_name, dict(source.hparams)
     pre = getattr(source, "preprocess", None)
@@ -74,6 +82,8 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
     models trained on it); a variant whose accuracy drops more than 0.1 / 0.3 / 1.0 pp (fp32 / fp16 / int8) is
     rejected. Detection: ``eval_data`` is ``(images_dir, annotations.json)`` of COCO data or ``scenes`` (default
     the scenes' test split for models with their labels); the gate is COCO mAP50, 0.1 / 0.5 / 1.0 pp.
+    Generation (a DiffusionTask): no ``eval_data``; the file holds one guided denoiser step (``vitlab.onnx.generate``),
+    gated on images sampled from the same seed by torch and by the file (mean |Δ| <= 1 uint8 level, any precision).
     ``calib_data``: training images for static int8 (same forms); without it int8 is dynamic. A rejected variant
     is not written and raises, unless ``allow_degraded``.
     """
@@ -85,7 +95,7 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
         raise VitlabError(f"attention must be one of {ATTENTION_PATHS}, got {attention!r}")
     model, name, hparams = load_exportable(source)
     task = EXPORTS[model.preprocess.task](model, hparams)
-    depth = model.backbone.depth
+    depth = task.depth
     log.info("held-out data: %s", task.prepare(eval_data, num_eval))
 
     t0 = time.perf_counter()
@@ -127,9 +137,10 @@ def _write_checked(model, path: Path, task, precision: str, allow_degraded: bool
         rep["status"] = "ok" if rep["passed"] else ("degraded" if allow_degraded else "rejected")
         _update_report(path.parent / "report.json", path.name, rep)
         if rep["status"] == "rejected":
-            raise VitlabError(f"{path.name}: {rep['gate']} drop {rep['gate_drop_pp']:.2f} pp exceeds the "
-                              f"{precision} budget of {rep['gate_budget_pp']} pp (see report.json); not written. "
-                              "Pass --allow-degraded to keep it anyway")
+            unit = rep.get("gate_unit", "pp")
+            raise VitlabError(f"{path.name}: {rep['gate']} {'drop ' * (unit == 'pp')}{rep['gate_drop_pp']:.2f} "
+                              f"{unit} exceeds the {precision} budget of {rep['gate_budget_pp']} {unit} (see "
+                              "report.json); not written. Pass --allow-degraded to keep it anyway")
 
     atomic_write(path, write_and_check)
     summary = task.summary(rep)

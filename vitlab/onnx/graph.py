@@ -1,6 +1,6 @@
 """torch -> ONNX: the end-to-end graph (uint8 pixels in, probabilities and logits out; ``export_module`` for any
-task's wrapper), the fused attention check, the rewrite to ONNX Runtime's MultiHeadAttention, and the ``vitlab``
-metadata document.
+task's wrapper, a denoiser step's float inputs too), the fused attention check, the rewrite to ONNX Runtime's
+MultiHeadAttention, and the ``vitlab`` metadata document.
 
 timm's attention runs through ``scaled_dot_product_attention``; the dynamo exporter at opset >= 23 turns each
 call into ONE standard ONNX ``Attention`` node. Opsets 26-28 write models that fail the checker with torch
@@ -51,28 +51,34 @@ def export_graph(classifier: nn.Module, opset: int = 23):
 
 
 def export_module(module: nn.Module, input_size: tuple[int, int, int], outputs: list[str], opset: int = 23,
-                  what: str | None = None):
+                  what: str | None = None, examples: dict[str, torch.Tensor] | None = None):
     """The fp32 ``onnx.ModelProto`` of an end-to-end ``module`` (uint8 ``images [N, *input_size]`` in, ``outputs``
-    out) with a dynamic batch axis, traced at batch 2."""
+    out) with a dynamic batch axis, traced at batch 2. ``examples``: other inputs instead, by name (each with the
+    batch as its first axis, e.g. a denoiser's ``x``, ``t``, ``y``, ``guidance``)."""
     import onnx
 
     if opset not in SUPPORTED_OPSETS:
         raise VitlabError(f"opset {opset} is not supported; use one of {SUPPORTED_OPSETS} (23 is the first with the "
                           "fused Attention op; 26-28 produce invalid models with this torch)")
-    example = torch.randint(0, 256, (2, *input_size), dtype=torch.uint8)
+    examples = examples or {INPUTS[0]: torch.randint(0, 256, (2, *input_size), dtype=torch.uint8)}
     module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=INPUTS,
-                                        output_names=list(outputs), dynamic_shapes=({0: batch},), optimize=True,
+            program = torch.onnx.export(module, tuple(examples.values()), dynamo=True, opset_version=opset,
+                                        input_names=list(examples), output_names=list(outputs),
+                                        dynamic_shapes=tuple({0: batch} for _ in examples), optimize=True,
                                         verbose=False)
     except Exception as e:  # torch.export / onnxscript raise many types; the first line is the useful part
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise VitlabError(f"could not export {what or type(module).__name__} to ONNX: {first[:300]}") from None
     model = program.model_proto
     onnx.checker.check_model(model, full_check=False)
+    static = [i.name for i in model.graph.input if not i.type.tensor_type.shape.dim[0].dim_param]
+    if static:  # the exporter falls back to fixed shapes when torch.export cannot keep the batch symbolic
+        raise VitlabError(f"could not export {what or type(module).__name__} to ONNX with a dynamic batch: input(s) "
+                          f"{', '.join(static)} got a fixed batch size")
     return model
 
 
@@ -138,12 +144,17 @@ def rewrite_to_ort_mha(model):
 
 def model_metadata(classifier: nn.Module, name: str, attention: str = "onnx", opset: int = 23,
                    precision: str = "fp32", outputs: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """The ``vitlab`` metadata document for an exported model (see vitlab_edge.metadata for the keys)."""
+    """The ``vitlab`` metadata document for an exported model (see vitlab_edge.metadata for the keys).
+    ``classifier``: anything with a ``preprocess``; ``extra`` adds keys and replaces defaults (a model without a
+    timm ``backbone`` passes ``arch`` and ``depth``; a generator its ``inputs`` and ``input_dtype``)."""
     import vitlab
 
-    return {"format": 1, **classifier.preprocess.to_dict(), "inputs": INPUTS, "outputs": list(outputs or OUTPUTS),
-            "input_dtype": "uint8", "backbone": name, "arch": classifier.backbone.arch,
-            "depth": classifier.backbone.depth, "attention": attention, "opset": opset, "precision": precision,
+    backbone = getattr(classifier, "backbone", None)
+    base = {"inputs": INPUTS, "input_dtype": "uint8"}
+    if backbone is not None:
+        base.update(arch=backbone.arch, depth=backbone.depth)
+    return {"format": 1, **classifier.preprocess.to_dict(), **base, "outputs": list(outputs or OUTPUTS),
+            "backbone": name, "attention": attention, "opset": opset, "precision": precision,
             "vitlab_version": vitlab.__version__, **extra}
 
 
