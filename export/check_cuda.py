@@ -5,8 +5,9 @@ Sessions are created with ``session.disable_cpu_ep_fallback=1`` and the CUDA pro
 fails when any node would fall back to the CPU; the per-provider node counts come from ONNX Runtime's own profile.
 Classifiers: fp32/fp16 graphs with the standard ``Attention`` op and with ``com.microsoft.MultiHeadAttention``,
 against PyTorch eager (SDPA; fp16 under ``torch.autocast``). Detectors (an exported ``.onnx`` or a registered
-variant, exported here): fp32 vs fp16 throughput, and the CUDA detections against the CPU provider's. Needs vitlab
-+ torch (for the export and the PyTorch baseline):
+variant, exported here): fp32 vs fp16 throughput, and the CUDA detections against the CPU provider's. Diffusion
+denoisers (an exported step): fp32 vs fp16 step and sampling throughput. Needs vitlab + torch (for the export and
+the PyTorch baseline):
 
     python export/check_cuda.py                       # ViT-S/16 and the demo model at batch 1, 64, 256, 1024
     python export/check_cuda.py --models vitlab_fmnist --batches 1 8 --detect vitdet_scenes --json out.json
@@ -204,6 +205,51 @@ def check_detector(spec: str, batches: list[int], out_dir: Path, seconds: float,
         del sess, cpu
 
 
+def check_generator(spec: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
+    """An exported denoiser step (``vitlab export`` of a DiffusionTask): fp32 and fp16 on CUDA only, step
+    throughput per batch (inputs bound on the GPU), whole-sampling throughput through the edge kit's numpy loop
+    (20 Euler steps, guidance 2), and the CUDA step against the CPU provider's."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from vitlab_edge.metadata import GENERATION_INPUTS
+    from vitlab_edge.sampler import session_step
+    from vitlab_edge.sampling import sample
+
+    from vitlab.onnx.graph import count_fused_attention
+    from vitlab.onnx.precision import to_fp16
+
+    fp32 = onnx.load(spec)
+    shape = [d.dim_value for d in fp32.graph.input[0].type.tensor_type.shape.dim[1:]]
+    for prec, graph in {"fp32": fp32, "fp16": to_fp16(fp32)}.items():
+        path = out_dir / f"generator-{prec}.onnx"
+        onnx.save(graph, path)
+
+        def feeds(n: int, seed: int = 0) -> dict:
+            rng = np.random.default_rng(seed)
+            values = (rng.standard_normal((n, *shape), dtype=np.float32), rng.random(n, dtype=np.float32),
+                      rng.integers(0, 10, n), np.full(n, 2.0, np.float32))
+            return dict(zip(GENERATION_INPUTS, values))
+
+        base = {"model": spec, "graph": f"generate/{prec}", "fused_attention": count_fused_attention(graph),
+                "placement": placement(path, feeds(1))}
+        sess, base["cuda_only"], base["error"] = open_session(path)
+        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for n in batches:
+            f = feeds(n)
+            diff = float(np.abs(sess.run(["v"], f)[0][:8] - cpu.run(["v"], {k: v[:8] for k, v in f.items()})[0]).max())
+            binding = sess.io_binding()
+            for k, v in f.items():
+                binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+            binding.bind_output("v", "cuda")
+            t = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
+            t0 = time.perf_counter()
+            sample(session_step(sess), np.arange(n) % 10, shape, steps=20, guidance=2.0, seed=0)
+            _emit(rows, {**base, "batch": n, "step_img_s": round(n / t, 1), "max_abs_diff_v_vs_cpu": diff,
+                         "sampling_img_s_20_steps": round(n / (time.perf_counter() - t0), 1)}, out)
+        del sess, cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["vit_small_patch16_224", "vitlab_fmnist"],
@@ -211,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 64, 256, 1024])
     ap.add_argument("--detect", nargs="*", default=[], help="detectors: exported fp32 .onnx files or registered names")
     ap.add_argument("--detect-batches", nargs="+", type=int, default=[1, 64])
+    ap.add_argument("--generate", nargs="*", default=[], help="exported diffusion denoisers (.onnx)")
+    ap.add_argument("--generate-batches", nargs="+", type=int, default=[1, 64, 256])
     ap.add_argument("--seconds", type=float, default=1.5, help="timing window per figure")
     ap.add_argument("--json", default=None, help="also write the rows here (after each row)")
     args = ap.parse_args(argv)
@@ -228,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(check_classifier, m, args.batches) for m in args.models]
         jobs += [(check_detector, d, args.detect_batches) for d in args.detect]
+        jobs += [(check_generator, g, args.generate_batches) for g in args.generate]
         for check, name, batches in jobs:
             try:
                 check(name, batches, Path(tmp), args.seconds, rows, args.json)
