@@ -136,6 +136,29 @@ def test_demo_smoke(tmp_path):
     assert [r["index"] for r in records] == list(range(50)) and sum(r["error"] is not None for r in records) == 2
 
 
+def test_demo_detect_smoke(tmp_path):
+    import json
+
+    out = tmp_path / "demo"
+    res = run(["demo", "--task", "detect", "--out", str(out), "--limit", "16", "--max-epochs", "1", "--minutes", "2"],
+              REPO)
+    assert "== vitlab demo (detection) ==" in res.stdout and "test mAP50" in res.stdout
+    assert "ONNX fp32" in res.stdout and "ONNX int8" in res.stdout and "box overlays" in res.stdout
+    summary = json.loads((out / "demo_metrics.json").read_text())
+    assert summary["epochs"] == 1 and 0.0 <= summary["test/map_50"] <= 1.0 and "test/map" in summary
+    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "scenes" / "params.json").exists()
+    fp32 = summary["export"]["fp32"]
+    assert fp32["status"] == "ok" and fp32["eval_images"] == 16 and fp32["gate"] == "mAP50"
+    assert (out / "export" / "model.onnx").exists() and summary["export"]["int8"]["status"] == "ok"
+    p = summary["predict"]  # the 16 test scenes as files, with the checkpoint and the ONNX model
+    assert p["images"] == 16 and p["errors"] == 0 and 0 <= p["map50_onnx_pct"] <= 100
+    assert p["matched_detections_pct"] >= 99.0  # fp32 ONNX reproduces the checkpoint's detections
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(16)) and all(len(r["boxes"]) == len(r["scores"])
+                                                                     for r in records)
+    assert len(list((out / "overlays").glob("*.png"))) == 6
+
+
 def test_help_lists_every_command_and_each_command_has_help(capsys, monkeypatch):
     from vitlab.cli import COMMANDS, LIGHTNING_COMMANDS, main
 

@@ -373,7 +373,8 @@ COMMANDS = {
     "reconstruct": ("mask and reconstruct images with an MAE checkpoint, as a PNG grid", reconstruct_command),
     "sample": ("generate images with a diffusion checkpoint or ONNX denoiser (grid.png, --evaluate: FID)",
                sample_command),
-    "demo": ("train, test, export and serve the Fashion-MNIST demo model in about 5 minutes", _demo_command),
+    "demo": ("train, test, export and serve the Fashion-MNIST demo model (--task detect: the scenes detector) in "
+             "about 5 minutes", _demo_command),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model from a config: vitlab fit --config configs/classify/fmnist_demo.yaml",

@@ -3,6 +3,7 @@ set, export it to ONNX (fp32 and int8, each verified against torch on the test s
 files made from Fashion-MNIST test items (assorted sizes, modes and formats, some on photo backgrounds, plus two
 broken files) with both the checkpoint and the ONNX model (accuracy, agreement, error records, JSONL, attention
 overlays), and print where everything went. A step that fails makes the command fail (exit 2) after the summary.
+``--task detect`` does the same for the scenes detector (``vitlab.demo_detect``).
 
 Training runs as ``vitlab fit`` in a child process (its DDP ranks re-launch that command, as with any
 Lightning script); testing runs here on one process, so every test image is counted exactly once.
@@ -23,22 +24,70 @@ from vitlab._fs import atomic_write_json
 from vitlab.cli import REPO_CONFIGS, run_cli
 from vitlab.errors import VitlabError
 
+# --task -> (config under configs/, default --out)
+TASKS = {"classify": ("classify/fmnist_demo.yaml", "runs/demo"),
+         "detect": ("detect/scenes_demo.yaml", "runs/demo_detect")}
+
 
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="vitlab demo", description=__doc__)
-    ap.add_argument("--config", default=str(REPO_CONFIGS / "classify" / "fmnist_demo.yaml"))
-    ap.add_argument("--out", default="runs/demo", help="output folder (checkpoints, logs, reports)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="classify",
+                    help="classify: the Fashion-MNIST ViT; detect: the scenes detector (vitlab.demo_detect)")
+    ap.add_argument("--config", default=None, help="default: configs/classify/fmnist_demo.yaml, or "
+                    "configs/detect/scenes_demo.yaml for --task detect")
+    ap.add_argument("--out", default=None, help="output folder (checkpoints, logs, reports); default runs/demo, or "
+                    "runs/demo_detect for --task detect")
     ap.add_argument("--minutes", type=float, default=5.0, help="training time budget (Trainer.max_time)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke runs)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke "
+                    "runs; detect: N scenes per split, generated under OUT/scenes)")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--devices", type=int, default=None, help="override trainer.devices (DDP processes)")
     args = ap.parse_args(argv)
+    config, out = TASKS[args.task]
+    args.config = args.config or str(REPO_CONFIGS / config)
+    args.out = args.out or out
     if not Path(args.config).is_file():
         raise VitlabError(f"demo config {args.config} not found (run from a vitlab checkout or pass --config)")
+    if args.task == "detect":
+        from vitlab.demo_detect import detect_demo
+
+        return detect_demo(args)
     out = Path(args.out)
-    common = ["--config", args.config, f"--trainer.default_root_dir={out}"]
-    if args.limit:
-        common.append(f"--data.init_args.limit={args.limit}")
+    summary, ckpt, log_dir = fit_and_test(args, [f"--data.init_args.limit={args.limit}"] if args.limit else [])
+    metrics = {k: v for k, v in summary.items() if k.startswith("test/")}
+    summary["export"] = _export(ckpt, out / "export", args.limit or 10000)
+    summary["predict"] = _predict_items(ckpt, out)
+    nan = float("nan")
+    lines = [f"test accuracy {metrics.get('test/acc', nan):.2%}  macro-F1 {metrics.get('test/f1', nan):.4f}"
+             f"  top-5 {metrics.get('test/top5', nan):.2%}  (official Fashion-MNIST test set)"]
+    lines += path_lines([("checkpoint", ckpt), ("metrics", out / "demo_metrics.json"),
+                         ("confusion matrix", log_dir / "confusion_matrix.png"),
+                         ("per-class table", log_dir / "per_class.csv"), ("logs (CSV + TensorBoard)", log_dir)])
+    for prec, rep in summary["export"].items():
+        lines.append(f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] accuracy "
+                     f"{rep.get('accuracy_onnx_pct', nan):.2f}% (torch {rep.get('accuracy_torch_pct', nan):.2f}%), "
+                     f"agreement {rep.get('top1_agreement_pct', nan):.2f}%, fused attention nodes "
+                     f"{rep.get('fused_attention_nodes', '-')}")
+    lines.append(f"{'export report':>26}: {out / 'export' / 'report.json'}")
+    p = summary["predict"]
+    if "error" in p:
+        lines.append(f"{'batch prediction':>26}: failed ({p['error']})")
+    else:
+        lines.append(f"{'batch prediction':>26}: {p['images']} files ({p['valid']} Fashion-MNIST items, "
+                     f"{p['on_photos']} of them on photos): accuracy {p['accuracy_pct']:.1f}% (checkpoint) / "
+                     f"{p['accuracy_onnx_pct']:.1f}% (ONNX), agreement {p['agreement_pct']:.1f}%, {p['errors']} "
+                     f"error records -> {p['jsonl']}")
+        lines.append(f"{'attention overlays':>26}: {p['overlays']}")
+    return finish(out, summary, lines)
+
+
+def fit_and_test(args, data_args: list[str]) -> tuple[dict, Path, Path]:
+    """Train ``args.config`` with ``vitlab fit`` in a child process (``--minutes`` as Trainer.max_time, plus
+    ``--max-epochs``, ``--devices`` and ``data_args``), then test its last checkpoint here on one process.
+    Returns the summary so far (training time, epochs, steps, checkpoint, log folder, the ``test/*`` metrics),
+    the checkpoint and the test's log folder."""
+    out = Path(args.out)
+    common = ["--config", args.config, f"--trainer.default_root_dir={out}", *data_args]
     budget = time.strftime("%H:%M:%S", time.gmtime(int(args.minutes * 60)))
     fit = ["fit", *common, f"--trainer.max_time=00:{budget}"]
     fit += [f"--trainer.max_epochs={args.max_epochs}"] if args.max_epochs else []
@@ -58,36 +107,25 @@ def main(argv: list[str]) -> dict:
     log_dir = Path(test.trainer.log_dir)
     summary = {"train_seconds": round(train_s, 1), "wall_seconds_fit": round(wall, 1), "epochs": state["epoch"] + 1,
                "steps": state["global_step"], "checkpoint": str(ckpt), "log_dir": str(log_dir), **metrics}
-    summary["export"] = _export(ckpt, out / "export", args.limit or 10000)
-    summary["predict"] = _predict_items(ckpt, out)
+    return summary, ckpt, log_dir
+
+
+def path_lines(items: list[tuple[str, object]]) -> list[str]:
+    return [f"{name:>26}: {path}" for name, path in items]
+
+
+def finish(out: Path, summary: dict, lines: list[str], title: str = "vitlab demo") -> dict:
+    """Write ``out/demo_metrics.json``, print the summary (training, then ``lines``, then the JSON), and fail
+    (VitlabError: exit 2) when an export variant is not ``ok`` or the batch prediction failed."""
     atomic_write_json(out / "demo_metrics.json", summary)
-    nan = float("nan")
-    print("\n== vitlab demo ==")
-    print(f"trained {summary['epochs']} epochs / {summary['steps']} steps in {train_s / 60:.1f} min "
-          f"({wall / 60:.1f} min with start-up)")
-    print(f"test accuracy {metrics.get('test/acc', nan):.2%}  macro-F1 {metrics.get('test/f1', nan):.4f}"
-          f"  top-5 {metrics.get('test/top5', nan):.2%}  (official Fashion-MNIST test set)")
-    for name, path in [("checkpoint", ckpt), ("metrics", out / "demo_metrics.json"),
-                       ("confusion matrix", log_dir / "confusion_matrix.png"),
-                       ("per-class table", log_dir / "per_class.csv"), ("logs (CSV + TensorBoard)", log_dir)]:
-        print(f"{name:>26}: {path}")
-    for prec, rep in summary["export"].items():
-        print(f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] accuracy "
-              f"{rep.get('accuracy_onnx_pct', nan):.2f}% (torch {rep.get('accuracy_torch_pct', nan):.2f}%), "
-              f"agreement {rep.get('top1_agreement_pct', nan):.2f}%, fused attention nodes "
-              f"{rep.get('fused_attention_nodes', '-')}")
-    print(f"{'export report':>26}: {out / 'export' / 'report.json'}")
-    p = summary["predict"]
-    if "error" in p:
-        print(f"{'batch prediction':>26}: failed ({p['error']})")
-    else:
-        print(f"{'batch prediction':>26}: {p['images']} files ({p['valid']} Fashion-MNIST items, {p['on_photos']} of "
-              f"them on photos): accuracy {p['accuracy_pct']:.1f}% (checkpoint) / {p['accuracy_onnx_pct']:.1f}% "
-              f"(ONNX), agreement {p['agreement_pct']:.1f}%, {p['errors']} error records -> {p['jsonl']}")
-        print(f"{'attention overlays':>26}: {p['overlays']}")
+    print(f"\n== {title} ==")
+    print(f"trained {summary['epochs']} epochs / {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min "
+          f"({summary['wall_seconds_fit'] / 60:.1f} min with start-up)")
+    for line in lines:
+        print(line)
     print(json.dumps(summary))
     failed = [f"export {k}: {v['status']}" for k, v in summary["export"].items() if v["status"] != "ok"]
-    failed += [f"batch prediction: {p['error']}"] if "error" in p else []
+    failed += [f"batch prediction: {summary['predict']['error']}"] if "error" in summary["predict"] else []
     if failed:
         raise VitlabError(f"demo steps failed: {'; '.join(failed)}")
     return summary
@@ -131,13 +169,14 @@ def _predict_items(ckpt: Path, out: Path, n: int = 48) -> dict:
             "jsonl": str(out / "predictions.jsonl"), "overlays": str(out / "overlays")}
 
 
-def _export(ckpt: Path, out: Path, num_eval: int) -> dict:
-    """Export fp32 + int8 with the accuracy gate; a rejected variant is reported, not fatal, for the demo."""
+def _export(ckpt: Path, out: Path, num_eval: int, eval_data=None) -> dict:
+    """Export fp32 + int8 with the task's gate (accuracy, or mAP50 on ``eval_data``); a rejected variant is
+    reported (its status), not raised, so that the demo goes on."""
     from vitlab.onnx import export_onnx
     from vitlab.onnx.export import file_name
 
     try:
-        export_onnx(ckpt, out, ["fp32", "int8"], num_eval=num_eval)
+        export_onnx(ckpt, out, ["fp32", "int8"], eval_data=eval_data, num_eval=num_eval)
     except VitlabError as e:
         print(f"export: {e}")
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}

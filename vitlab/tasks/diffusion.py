@@ -28,8 +28,7 @@ class DiffusionTask(VitlabTask):
                  ema_decay: float = 0.999, lr: float = 1e-3, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), warmup_epochs: float = 0.5, min_lr_ratio: float = 0.1,
                  sample_steps: int = 20, guidance: float = 2.0, sampler: str = "euler", num_preview: int = 8,
-                 eval_classifier: str | None = None, eval_samples: int = 1000, layer_decay: float | None = None
-                 ) -> None:
+                 eval_classifier: str | None = None, eval_samples: int = 1000) -> None:
         """
         Args:
             model_name: a registered denoiser (``vitlab.models.diffusion.DENOISERS``).
@@ -39,7 +38,6 @@ class DiffusionTask(VitlabTask):
             sample_steps / guidance / sampler: sampling defaults (``euler`` or ``heun``), kept in the export.
             eval_classifier: a vitlab Fashion-MNIST (or your data's) classification checkpoint for FID and class
                 consistency in ``test``; eval_samples: how many images ``test`` generates for them.
-            layer_decay: not used (the optimiser's common signature).
         """
         super().__init__()
         self.save_hyperparameters()

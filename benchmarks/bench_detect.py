@@ -1,0 +1,187 @@
+"""Detection inference on this CPU: the trained scenes detector in PyTorch eager vs ONNX Runtime fp32 / int8.
+
+Usage: ``python benchmarks/bench_detect.py [--ckpt runs/scenes_demo/checkpoints/last.ckpt] [--onnx-dir DIR]
+[--seconds 2] [--rounds 3] [--batches 1 8] [--limit 1000] [--threads N] [--out runs/bench/detect.json]``
+
+Inputs: the scenes' test split (``load_detection_eval_set("scenes", ...)``, at most ``--limit`` images), fed in
+order and cycled, uint8 as the exported graph takes them. ``--onnx-dir``: a folder with ``model.onnx`` and
+``model.int8.onnx``; default the checkpoint's run folder ``export/`` when it holds both, else the checkpoint is
+exported (fp32 + int8 dynamic, ``vitlab.export_onnx``) to a temporary folder. torch and ONNX Runtime use the same
+thread count (``--threads``, default ``torch.get_num_threads()``; ORT ``intra_op_num_threads``). Run it alone on
+the machine: with the cores busy, torch's OpenMP threads can slow down ~80x (seen: 860 ms vs 11 ms per image).
+
+Figures, per batch size:
+- ``eager``: ``DetectEndToEnd`` in torch (the detector forward + ``vitlab.models.fcos.postprocess`` with the
+  task's options: exactly what the exported graph computes) under ``inference_mode``; ``ort_fp32`` / ``ort_int8``:
+  the exported files in ONNX Runtime (CPU). Each is img/s, the median over ``--rounds`` interleaved rounds of
+  ``--seconds`` each whose order rotates (this machine is noisy), and ``vs_eager`` the ratio of medians.
+- ``postprocess_share_pct``: ONNX Runtime's profiler (``enable_profiling``) over ``--profile-runs`` runs (after 3
+  warm-up runs): the kernel time of the post-processing nodes (``vitlab.onnx.detect.postprocess_nodes``: nodes
+  outside the ``detector`` module, i.e. decoding, top-k, NMS, padding; ORT fusions named ``<node>/<Fusion>`` count
+  as their first node) as a percentage of all nodes' kernel time. Goal: <= 10 %. ``post_nodes_profiled`` says how
+  many of the graph's post-processing nodes appeared in the profile (the others were folded or fused away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from vitlab._fs import atomic_write_json  # noqa: E402
+from vitlab.onnx import export_onnx  # noqa: E402
+from vitlab.onnx.detect import DetectEndToEnd, load_detection_eval_set, postprocess_nodes  # noqa: E402
+from vitlab.onnx.export import file_name, load_exportable  # noqa: E402
+
+CKPT = "runs/scenes_demo/checkpoints/last.ckpt"
+PRECISIONS = ("fp32", "int8")
+WARMUP = 3
+
+
+def images_per_second(fn, batch: int, seconds: float) -> float:
+    for _ in range(WARMUP):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+
+def cycler(batches: list):
+    """A function returning the next batch of ``batches`` on each call, round and round."""
+    state = {"i": -1}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(batches)
+        return batches[state["i"]]
+    return nxt
+
+
+def session(path: Path, threads: int, profile: str | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_files(args, tmp: str) -> Path:
+    if args.onnx_dir:
+        return Path(args.onnx_dir)
+    beside = Path(args.ckpt).resolve().parent.parent / "export"
+    if all((beside / file_name(p)).is_file() for p in PRECISIONS):
+        return beside
+    print(f"exporting {args.ckpt} (fp32 + int8) to {tmp}", flush=True)
+    export_onnx(args.ckpt, tmp, list(PRECISIONS), eval_data="scenes", num_eval=min(args.limit, 200))
+    return Path(tmp)
+
+
+def throughput(eager: torch.nn.Module, sessions: dict, images: torch.Tensor, args) -> dict:
+    result = {}
+    for b in args.batches:
+        batches = [images[i:i + b] for i in range(0, len(images) - b + 1, b)] or [images[:b]]
+        as_numpy = [x.numpy() for x in batches]
+        next_t, next_np = cycler(batches), cycler(as_numpy)
+
+        def run_eager(next_t=next_t):
+            with torch.inference_mode():
+                eager(next_t())
+
+        fns = {"eager": run_eager,
+               **{k: (lambda s=s, nxt=next_np: s.run(None, {"images": nxt()})) for k, s in sessions.items()}}
+        rates: dict[str, list[float]] = {k: [] for k in fns}
+        keys = list(fns)
+        for r in range(args.rounds):  # rotate the order so no backend always runs first
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                rates[k].append(images_per_second(fns[k], b, args.seconds))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        result[b] = {k: {"img_s": round(v, 1), "vs_eager": round(v / med["eager"], 3), "rounds": [round(x, 1) for x
+                                                                                                    in rates[k]]}
+                     for k, v in med.items()}
+        print(json.dumps({"batch": b, **{k: v["img_s"] for k, v in result[b].items()}}), flush=True)
+    return result
+
+
+def postprocess_share(path: Path, images: torch.Tensor, batch: int, threads: int, runs: int, tmp: str) -> dict:
+    """Share (%) of the profiled kernel time spent in the post-processing nodes, at ``batch``."""
+    post = set(postprocess_nodes(onnx.load(str(path), load_external_data=False)))
+    sess = session(path, threads, profile=str(Path(tmp) / f"profile_{path.stem}_b{batch}"))
+    x = images[:batch].numpy()
+    if len(x) < batch:
+        x = np.concatenate([x] * (batch // max(1, len(x)) + 1))[:batch]
+    for _ in range(WARMUP + runs):
+        sess.run(None, {"images": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    cutoff = starts[WARMUP] if len(starts) > WARMUP else 0  # the warm-up runs left out
+    total = in_post = 0.0
+    seen = set()
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < cutoff:
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        total += e["dur"]
+        owner = name if name in post else name.split("/")[0]
+        if owner in post:
+            in_post += e["dur"]
+            seen.add(owner)
+    return {"share_pct": round(100 * in_post / total, 2) if total else None,
+            "node_ms_per_image": round(total / 1000 / runs / batch, 3), "post_nodes_profiled": len(seen),
+            "post_nodes": len(post), "runs": runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=CKPT)
+    ap.add_argument("--onnx-dir", default=None, help="folder with model.onnx + model.int8.onnx (default: see above)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--limit", type=int, default=1000, help="test images used (the scenes' test split has 1,000)")
+    ap.add_argument("--profile-runs", type=int, default=50, help="profiled runs per precision and batch size")
+    ap.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default torch's own count)")
+    ap.add_argument("--out", default="runs/bench/detect.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, name, hparams = load_exportable(args.ckpt)
+    eager = DetectEndToEnd(model, hparams).eval()
+    threads = torch.get_num_threads()
+    images = load_detection_eval_set("scenes", model.preprocess, args.limit).batch["image"]
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = onnx_files(args, tmp)
+        sessions = {f"ort_{p}": session(onnx_dir / file_name(p), threads) for p in PRECISIONS}
+        report = {"model": name, "ckpt": args.ckpt, "onnx_dir": str(onnx_dir), "threads": threads,
+                  "images": len(images), "input_size": list(model.preprocess.input_size),
+                  "seconds": args.seconds, "rounds": args.rounds,
+                  "throughput": throughput(eager, sessions, images, args), "postprocess_share": {}}
+        for p in PRECISIONS:
+            report["postprocess_share"][f"ort_{p}"] = {
+                b: postprocess_share(onnx_dir / file_name(p), images, b, threads, args.profile_runs, tmp)
+                for b in args.batches}
+    atomic_write_json(args.out, report)
+    print(f"{name}, {len(images)} scenes test images, {threads} threads (torch and ORT)")
+    for b, rows in report["throughput"].items():
+        print(f"  batch {b}: " + "  ".join(f"{k} {v['img_s']:.0f} img/s ({v['vs_eager']:.2f}x)"
+                                           for k, v in rows.items()))
+    for k, per_batch in report["postprocess_share"].items():
+        print(f"  {k} post-processing share of node time (goal <= 10 %): " + "  ".join(
+            f"batch {b} {v['share_pct']}% ({v['post_nodes_profiled']}/{v['post_nodes']} nodes profiled)"
+            for b, v in per_batch.items()))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
