@@ -38,7 +38,7 @@ class Sampler:
                 edge = EdgeSampler(path, providers=providers)
             except ModelFormatError as e:
                 raise VitlabError(str(e)) from None
-            return cls(edge, edge.labels, edge.input_size, f"onnxruntime ({', '.join(edge.providers)})")
+            return cls.from_edge(edge)
         import torch
 
         from vitlab.tasks import DiffusionTask, load_task
@@ -49,6 +49,12 @@ class Sampler:
         task.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         labels = list(task.preprocess.labels) or [str(i) for i in range(task.hparams.num_classes)]
         return cls(task, labels, task.preprocess.input_size, f"torch ({task.device})")
+
+    @classmethod
+    def from_edge(cls, edge: Any) -> Sampler:
+        """A Sampler over a ``vitlab_edge.Sampler`` (an exported denoiser with its own session options)."""
+        labels = edge.labels or [str(i) for i in range(edge.num_classes)]
+        return cls(edge, labels, edge.input_size, f"onnxruntime ({', '.join(edge.providers)})")
 
     def class_ids(self, labels: Sequence[int | str]) -> list[int]:
         """Class ids from ids or names; a name or id the model does not have is one clear error."""
