@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from bench_onnx import images_per_second  # noqa: E402  (the benchmarks' folder is on sys.path when run)
 
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.onnx import export_onnx  # noqa: E402
@@ -47,16 +47,6 @@ from vitlab.onnx.export import file_name, load_exportable  # noqa: E402
 CKPT = "runs/scenes_demo/checkpoints/last.ckpt"
 PRECISIONS = ("fp32", "int8")
 WARMUP = 3
-
-
-def images_per_second(fn, batch: int, seconds: float) -> float:
-    for _ in range(WARMUP):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return n * batch / (time.perf_counter() - t0)
 
 
 def cycler(batches: list):

@@ -295,6 +295,7 @@ def sample_command(argv: list[str]) -> None:
     """``vitlab sample MODEL(.ckpt|.onnx) --labels 0 1 2 | --per-class N --out DIR [--evaluate]``"""
     import argparse
 
+    from vitlab_edge.cli import add_sample_arguments
     from vitlab_edge.files import atomic_write
 
     from vitlab.inference import Sampler
@@ -303,15 +304,8 @@ def sample_command(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="vitlab sample", description="Generate images with a diffusion checkpoint or "
                                  "its exported ONNX denoiser: one PNG per sample and grid.png (one row per class).")
     ap.add_argument("model", help="a DiffusionTask .ckpt or an exported .onnx denoiser")
-    group = ap.add_mutually_exclusive_group(required=True)
-    group.add_argument("--labels", nargs="+", help="class ids or names, one image each")
-    group.add_argument("--per-class", type=int, help="this many images of every class")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model's)")
-    ap.add_argument("--method", default=None, choices=["euler", "heun"])
-    ap.add_argument("--seed", type=int, default=0, help="the same seed gives the same images on every backend")
-    ap.add_argument("--batch-size", type=int, default=256)
+    add_sample_arguments(ap)
     ap.add_argument("--device", default=None)
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
     ap.add_argument("--evaluate", action="store_true", help="FID (and its real-vs-real floor) against the "

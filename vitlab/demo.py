@@ -63,21 +63,15 @@ def main(argv: list[str]) -> dict:
     lines += path_lines([("checkpoint", ckpt), ("metrics", out / "demo_metrics.json"),
                          ("confusion matrix", log_dir / "confusion_matrix.png"),
                          ("per-class table", log_dir / "per_class.csv"), ("logs (CSV + TensorBoard)", log_dir)])
-    for prec, rep in summary["export"].items():
-        lines.append(f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] accuracy "
-                     f"{rep.get('accuracy_onnx_pct', nan):.2f}% (torch {rep.get('accuracy_torch_pct', nan):.2f}%), "
-                     f"agreement {rep.get('top1_agreement_pct', nan):.2f}%, fused attention nodes "
-                     f"{rep.get('fused_attention_nodes', '-')}")
-    lines.append(f"{'export report':>26}: {out / 'export' / 'report.json'}")
-    p = summary["predict"]
-    if "error" in p:
-        lines.append(f"{'batch prediction':>26}: failed ({p['error']})")
-    else:
-        lines.append(f"{'batch prediction':>26}: {p['images']} files ({p['valid']} Fashion-MNIST items, "
-                     f"{p['on_photos']} of them on photos): accuracy {p['accuracy_pct']:.1f}% (checkpoint) / "
-                     f"{p['accuracy_onnx_pct']:.1f}% (ONNX), agreement {p['agreement_pct']:.1f}%, {p['errors']} "
-                     f"error records -> {p['jsonl']}")
-        lines.append(f"{'attention overlays':>26}: {p['overlays']}")
+    lines += export_and_predict_lines(
+        summary, out,
+        lambda rep: (f"accuracy {rep.get('accuracy_onnx_pct', nan):.2f}% (torch "
+                     f"{rep.get('accuracy_torch_pct', nan):.2f}%), agreement "
+                     f"{rep.get('top1_agreement_pct', nan):.2f}%"),
+        lambda p: [f"{'batch prediction':>26}: {p['images']} files ({p['valid']} Fashion-MNIST items, "
+                   f"{p['on_photos']} of them on photos): accuracy {p['accuracy_pct']:.1f}% (checkpoint) / "
+                   f"{p['accuracy_onnx_pct']:.1f}% (ONNX), agreement {p['agreement_pct']:.1f}%, {p['errors']} "
+                   f"error records -> {p['jsonl']}", f"{'attention overlays':>26}: {p['overlays']}"])
     return finish(out, summary, lines)
 
 
@@ -112,6 +106,16 @@ def fit_and_test(args, data_args: list[str]) -> tuple[dict, Path, Path]:
 
 def path_lines(items: list[tuple[str, object]]) -> list[str]:
     return [f"{name:>26}: {path}" for name, path in items]
+
+
+def export_and_predict_lines(summary: dict, out: Path, export_figures, predict_lines) -> list[str]:
+    """The summary lines every demo prints after its test line: one per ONNX variant (``export_figures(report)``:
+    the task's gate figures), the report's path, and the batch prediction's (``predict_lines(summary)``)."""
+    lines = [f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] {export_figures(rep)}, fused "
+             f"attention nodes {rep.get('fused_attention_nodes', '-')}" for prec, rep in summary["export"].items()]
+    lines.append(f"{'export report':>26}: {out / 'export' / 'report.json'}")
+    p = summary["predict"]
+    return lines + ([f"{'batch prediction':>26}: failed ({p['error']})"] if "error" in p else predict_lines(p))
 
 
 def finish(out: Path, summary: dict, lines: list[str], title: str = "vitlab demo") -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from vitlab.demo import _export, finish, fit_and_test, path_lines
+from vitlab.demo import _export, export_and_predict_lines, finish, fit_and_test, path_lines
 
 NUM_OVERLAYS = 6
 
@@ -45,21 +45,14 @@ def detect_demo(args) -> dict:
                          ("per-class AP table", log_dir / "per_class_ap.csv"),
                          ("precision-recall curve", log_dir / "pr_curve.png"),
                          ("test overlays", log_dir / "overlays"), ("logs (CSV + TensorBoard)", log_dir)])
-    for prec, rep in summary["export"].items():
-        lines.append(f"{'ONNX ' + prec:>26}: {rep.get('path', '-')}  [{rep['status']}] mAP50 "
-                     f"{rep.get('map50_onnx_pct', nan):.2f}% (torch {rep.get('map50_torch_pct', nan):.2f}%), "
-                     f"detections matched {rep.get('matched_detections_pct', nan):.1f}%, fused attention nodes "
-                     f"{rep.get('fused_attention_nodes', '-')}")
-    lines.append(f"{'export report':>26}: {out / 'export' / 'report.json'}")
-    p = summary["predict"]
-    if "error" in p:
-        lines.append(f"{'batch prediction':>26}: failed ({p['error']})")
-    else:
-        lines.append(f"{'batch prediction':>26}: {p['images']} test images as files: mAP50 {p['map50_pct']:.2f}% "
-                     f"(checkpoint) / {p['map50_onnx_pct']:.2f}% (ONNX), detections matched "
-                     f"{p['matched_detections_pct']:.1f}%, {p['boxes_per_image']:.1f} boxes/image with score >= "
-                     f"0.3, {p['errors']} error records -> {p['jsonl']}")
-        lines.append(f"{'box overlays':>26}: {p['overlays']}")
+    lines += export_and_predict_lines(
+        summary, out,
+        lambda rep: (f"mAP50 {rep.get('map50_onnx_pct', nan):.2f}% (torch {rep.get('map50_torch_pct', nan):.2f}%), "
+                     f"detections matched {rep.get('matched_detections_pct', nan):.1f}%"),
+        lambda p: [f"{'batch prediction':>26}: {p['images']} test images as files: mAP50 {p['map50_pct']:.2f}% "
+                   f"(checkpoint) / {p['map50_onnx_pct']:.2f}% (ONNX), detections matched "
+                   f"{p['matched_detections_pct']:.1f}%, {p['boxes_per_image']:.1f} boxes/image with score >= "
+                   f"0.3, {p['errors']} error records -> {p['jsonl']}", f"{'box overlays':>26}: {p['overlays']}"])
     return finish(out, summary, lines, "vitlab demo (detection)")
 
 

@@ -39,19 +39,24 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
     smp = sub.add_parser("sample", help="sample a generation model: one PNG grid, a row per class or per --labels")
     smp.add_argument("model")
-    which = smp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--labels", nargs="+", help="class ids or names: one row of images, in this order")
-    which.add_argument("--per-class", type=int, help="this many images of every class, one row per class")
     smp.add_argument("--out", required=True, help="a .png file (written atomically)")
-    smp.add_argument("--steps", type=int, default=None, help="default: the model's metadata")
-    smp.add_argument("--guidance", type=float, default=None, help="default: the model's metadata")
-    smp.add_argument("--method", default=None, choices=["euler", "heun"], help="default: the model's metadata")
-    smp.add_argument("--seed", type=int, default=0)
-    smp.add_argument("--batch-size", type=int, default=256)
+    add_sample_arguments(smp)
     smp.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
     info = sub.add_parser("info", help="print the model's metadata and the providers granted")
     info.add_argument("model")
     return ap
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling options of `vitlab-edge sample` and `vitlab sample` (which takes them from here)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--labels", nargs="+", help="class ids or names: one row of images, in this order")
+    which.add_argument("--per-class", type=int, help="this many images of every class, one row per class")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--method", default=None, choices=["euler", "heun"], help="default: the model's")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images on every backend")
+    parser.add_argument("--batch-size", type=int, default=256)
 
 
 def main(argv: list[str] | None = None) -> int:

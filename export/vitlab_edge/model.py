@@ -27,21 +27,14 @@ from vitlab_edge.session import RuntimeMissingError, create_session
 from vitlab_edge.sources import iter_inputs
 
 
-class EdgeModel:
-    """One exported vitlab model. ``providers`` defaults to CUDA then CPU; ``.providers`` says what ran."""
+class ExportedModel:
+    """A vitlab ONNX file opened with ONNX Runtime, any task: ``session``, the validated ``metadata``, and what
+    every task reads from them. ``providers`` defaults to CUDA then CPU; ``.providers`` says what ran."""
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, session_options: Any | None = None) -> None:
+                 session_options: Any | None = None) -> None:
         self.path = Path(path)
         self.session, self.metadata = open_model(self.path, providers, session_options)
-        if self.metadata["task"] == "generation":
-            raise ModelFormatError(f"{self.path}: a generation model takes no images; sample it with "
-                                   "vitlab_edge.Sampler or `vitlab-edge sample`")
-        try:
-            self.decoder: RecordDecoder = decoder_for(self.metadata["task"])
-        except ValueError as e:
-            raise ModelFormatError(f"{self.path}: {e}; upgrade vitlab-edge") from None
-        self.max_pixels = max_pixels
 
     @property
     def providers(self) -> list[str]:
@@ -55,6 +48,22 @@ class EdgeModel:
     def input_size(self) -> tuple[int, int, int]:
         c, h, w = self.metadata["input_size"]
         return int(c), int(h), int(w)
+
+
+class EdgeModel(ExportedModel):
+    """One exported vitlab classifier or detector, fed images."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, session_options: Any | None = None) -> None:
+        super().__init__(path, providers, session_options)
+        if self.metadata["task"] == "generation":
+            raise ModelFormatError(f"{self.path}: a generation model takes no images; sample it with "
+                                   "vitlab_edge.Sampler or `vitlab-edge sample`")
+        try:
+            self.decoder: RecordDecoder = decoder_for(self.metadata["task"])
+        except ValueError as e:
+            raise ModelFormatError(f"{self.path}: {e}; upgrade vitlab-edge") from None
+        self.max_pixels = max_pixels
 
     @property
     def task(self) -> str:
@@ -153,7 +162,7 @@ def open_model(path: str | os.PathLike, providers: list[str] | None = None, sess
 
 
 # topk_record: re-exported from vitlab_edge.records
-__all__ = ["EdgeModel", "describe_input", "open_model", "topk_record"]
+__all__ = ["EdgeModel", "ExportedModel", "describe_input", "open_model", "topk_record"]
 
 
 def describe_input(image: Any, index: int) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from vitlab_edge.files import atomic_write
 from vitlab_edge.metadata import GENERATION_INPUTS, ModelFormatError
-from vitlab_edge.model import open_model
+from vitlab_edge.model import ExportedModel
 from vitlab_edge.sampling import Step, sample
 
 
@@ -36,34 +36,20 @@ def session_step(session: Any) -> Step:
     return step
 
 
-class Sampler:
-    """One exported generation model. ``providers`` defaults to CUDA then CPU; ``.providers`` says what ran."""
+class Sampler(ExportedModel):
+    """One exported generation model (``ExportedModel``: ``providers``, ``labels``, ``input_size``)."""
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
                  session_options: Any | None = None) -> None:
-        self.path = Path(path)
-        self.session, self.metadata = open_model(self.path, providers, session_options)
+        super().__init__(path, providers, session_options)
         if self.metadata["task"] != "generation":
             raise ModelFormatError(f"{self.path}: a {self.metadata['task']} model, not a generator; use EdgeModel "
                                    "or `vitlab-edge predict`")
 
     @property
-    def providers(self) -> list[str]:
-        return self.session.get_providers()
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.metadata["labels"])
-
-    @property
     def num_classes(self) -> int:
         """Class ids are ``0 .. num_classes - 1``; id ``num_classes`` is "no label" (unconditional samples)."""
         return int(self.metadata["null_class"])
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        c, h, w = self.metadata["input_size"]
-        return int(c), int(h), int(w)
 
     def class_ids(self, labels: Sequence[int | str]) -> np.ndarray:
         """Class ids (ints, or digit strings) or names -> int64 ``[N]``; a LabelError names the first bad one."""
