@@ -229,28 +229,18 @@ def write_detection_report(result: dict, names: list[str], gt_counts: list[int],
     }
 
 
-# --- image grids (MAE reconstructions, generated samples) ------------------------------------------------------
+# --- image grids (MAE reconstructions, generated samples): the edge kit's grid writer ----------------------------
 def save_image_grid(rows: dict[str, np.ndarray], path: str | os.PathLike, min_side: int = 64) -> Path:
     """One row per image, one column per entry of ``rows`` (e.g. original | masked | reconstruction | pasted),
     each uint8 ``[N, C, H, W]``, upscaled to at least ``min_side``, 2-px gaps, as PNG (written atomically)."""
-    from PIL import Image
+    from vitlab_edge.sampler import save_grid
 
-    columns = [np.asarray(v) for v in rows.values()]
-    n, _, h, w = columns[0].shape
-    scale = max(1, -(-min_side // min(h, w)))
-    gap, hs, ws = 2, h * scale, w * scale
-    grid = np.full((n * (hs + gap) + gap, len(columns) * (ws + gap) + gap, 3), 255, np.uint8)
-    for j, col in enumerate(columns):
-        for i in range(n):
-            tile = col[i].transpose(1, 2, 0)
-            tile = np.repeat(tile, 3, axis=2) if tile.shape[2] == 1 else tile
-            tile = tile.repeat(scale, 0).repeat(scale, 1)
-            y, x = gap + i * (hs + gap), gap + j * (ws + gap)
-            grid[y:y + hs, x:x + ws] = tile
-    return atomic_write(path, lambda p: Image.fromarray(grid).save(p, format="PNG"))
+    columns = np.stack([np.asarray(v) for v in rows.values()], axis=1)  # [N, cols, C, H, W]
+    return save_grid(columns.transpose(0, 1, 3, 4, 2), path, min_side)
 
 
 def save_sample_grid(images: np.ndarray, path: str | os.PathLike, min_side: int = 56) -> Path:
     """Generated images ``[rows, cols, H, W, C]`` (one row per class) as one PNG with 2-px gaps (atomic)."""
-    rows = {str(j): images[:, j].transpose(0, 3, 1, 2) for j in range(images.shape[1])}  # columns of [rows, C, H, W]
-    return save_image_grid(rows, path, min_side)
+    from vitlab_edge.sampler import save_grid
+
+    return save_grid(images, path, min_side)
