@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from bench_onnx import images_per_second  # noqa: E402  (the benchmarks' folder is on sys.path when run)
+from bench_onnx import interleaved_rates  # noqa: E402  (the benchmarks' folder is on sys.path when run)
 
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.onnx import export_onnx  # noqa: E402
@@ -91,11 +91,7 @@ def throughput(eager: torch.nn.Module, sessions: dict, images: torch.Tensor, arg
 
         fns = {"eager": run_eager,
                **{k: (lambda s=s, nxt=next_np: s.run(None, {"images": nxt()})) for k, s in sessions.items()}}
-        rates: dict[str, list[float]] = {k: [] for k in fns}
-        keys = list(fns)
-        for r in range(args.rounds):  # rotate the order so no backend always runs first
-            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-                rates[k].append(images_per_second(fns[k], b, args.seconds))
+        rates = interleaved_rates(fns, b, args.rounds, args.seconds)
         med = {k: statistics.median(v) for k, v in rates.items()}
         result[b] = {k: {"img_s": round(v, 1), "vs_eager": round(v / med["eager"], 3), "rounds": [round(x, 1) for x
                                                                                                     in rates[k]]}

@@ -54,6 +54,16 @@ def flops_per_image(model: torch.nn.Module) -> float:
     return float(counter.get_total_flops())
 
 
+def interleaved_rates(fns: dict, batch: int, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """img/s of each function per round; the order rotates every round, so that no backend always runs first."""
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            rates[k].append(images_per_second(fns[k], batch, seconds))
+    return rates
+
+
 def images_per_second(fn, batch: int, seconds: float) -> float:
     for _ in range(3):
         fn()
@@ -84,11 +94,7 @@ def bench_model(name: str, model: torch.nn.Module, args, tmp: Path) -> dict:
                 model(xt)
 
         fns = {"eager": eager, **{k: (lambda s=s, x=x: s.run(["probs"], {"images": x})) for k, s in sessions.items()}}
-        rates: dict[str, list[float]] = {k: [] for k in fns}
-        keys = list(fns)
-        for r in range(args.rounds):  # rotate the order so no backend always runs first
-            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-                rates[k].append(images_per_second(fns[k], batch, args.seconds))
+        rates = interleaved_rates(fns, batch, args.rounds, args.seconds)
         med = {k: statistics.median(v) for k, v in rates.items()}
         result["batches"][batch] = {k: {"img_s": round(v, 1), "vs_eager": round(v / med["eager"], 3),
                                         "gflop_s": round(v * result["gflop_per_image"], 1)} for k, v in med.items()}
