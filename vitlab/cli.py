@@ -349,8 +349,8 @@ def _evaluate_samples(a, sampler, images, ids) -> None:
     rng = np.random.default_rng(0)
     real = test[rng.choice(len(test), min(n, len(test)), replace=False)][:, None]
     floor_train = train[rng.choice(len(train), len(real), replace=False)][:, None]
-    scores = generation_scores(classifier, real, images, ids)
-    floor = generation_scores(classifier, floor_train, real)["fid"]
+    scores = generation_scores(classifier, real, images, ids, floor_train)
+    floor = scores["fid_floor"]
     print(f"FID {scores['fid']:.3f} (real-vs-real floor {floor:.3f}, ratio {scores['fid'] / floor:.2f}x) over {n} "
           f"samples; class consistency {scores['class_acc']:.2f}% [{classifier_path}]")
 

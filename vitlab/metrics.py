@@ -48,13 +48,14 @@ def _batches(images: Any, size: int):
 
 @torch.no_grad()
 def generation_scores(classifier: nn.Module, real: Any, fake: Any, labels: Any | None = None,
-                      batch_size: int = 500) -> dict[str, float]:
+                      other_real: Any | None = None, batch_size: int = 500) -> dict[str, float]:
     """``fid`` between uint8 image sets ``real`` and ``fake`` (``[N, C, H, W]`` or ``[N, H, W, C]``) in the
-    classifier's feature space, and with ``labels`` (the classes ``fake`` was conditioned on) ``class_acc``, the
-    classifier's accuracy on ``fake`` in percent."""
+    classifier's feature space; with ``labels`` (the classes ``fake`` was conditioned on) ``class_acc``, the
+    classifier's accuracy on ``fake`` in percent; with ``other_real`` (e.g. training images, as many as ``real``)
+    ``fid_floor``, the FID between the two real sets (``real``'s features computed once for both)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=ClassifierFeatures(classifier))
+    fid = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
     for x in _batches(real, batch_size):
         fid.update(x, real=True)
     correct, n = 0, 0
@@ -67,4 +68,9 @@ def generation_scores(classifier: nn.Module, real: Any, fake: Any, labels: Any |
     out = {"fid": float(fid.compute())}
     if y is not None:
         out["class_acc"] = 100.0 * correct / max(1, n)
+    if other_real is not None:
+        fid.reset()  # the fake side only: reset_real_features=False keeps ``real``'s
+        for x in _batches(other_real, batch_size):
+            fid.update(x, real=False)
+        out["fid_floor"] = float(fid.compute())
     return out

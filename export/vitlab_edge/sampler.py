@@ -24,7 +24,32 @@ from vitlab_edge.sampling import Step, sample
 
 
 class LabelError(ValueError):
-    """Labels a generation model cannot take: a name not among its labels, or an id out of range."""
+    """Labels a generation model cannot take: a name not among its labels, or an id out of range (``.label``)."""
+
+    def __init__(self, label: Any, message: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+def class_ids(labels: Sequence[int | str], names: Sequence[str], num_classes: int,
+              unconditional: bool = True) -> np.ndarray:
+    """Class ids (ints, or digit strings) or names (``names``) -> int64 ``[N]``; with ``unconditional`` the id
+    ``num_classes`` ("no label") is allowed too. A LabelError names the first bad one."""
+    index = {name: i for i, name in enumerate(names)}
+    top = num_classes if unconditional else num_classes - 1
+    ids = []
+    for label in labels:
+        if isinstance(label, str) and label in index:
+            ids.append(index[label])
+        elif isinstance(label, (int, np.integer)) or isinstance(label, str) and label.isdigit():
+            if not 0 <= int(label) <= top:
+                raise LabelError(label, f"class id {label} is out of range: this model has classes 0..."
+                                 f"{num_classes - 1}" + (f" ({num_classes}: no label)" if unconditional else ""))
+            ids.append(int(label))
+        else:
+            known = ", ".join(names) or "none: use class ids"
+            raise LabelError(label, f"label {label!r} is not one of this model's labels ({known})")
+    return np.asarray(ids, dtype=np.int64)
 
 
 def session_step(session: Any) -> Step:
@@ -52,21 +77,8 @@ class Sampler(ExportedModel):
         return int(self.metadata["null_class"])
 
     def class_ids(self, labels: Sequence[int | str]) -> np.ndarray:
-        """Class ids (ints, or digit strings) or names -> int64 ``[N]``; a LabelError names the first bad one."""
-        index = {name: i for i, name in enumerate(self.labels)}
-        ids = []
-        for label in labels:
-            if isinstance(label, str) and label in index:
-                ids.append(index[label])
-            elif isinstance(label, (int, np.integer)) or isinstance(label, str) and label.isdigit():
-                if not 0 <= int(label) <= self.num_classes:
-                    raise LabelError(f"class id {label} is out of range: this model has classes 0..."
-                                     f"{self.num_classes - 1} ({self.num_classes}: no label)")
-                ids.append(int(label))
-            else:
-                known = ", ".join(self.labels) or "none: use class ids"
-                raise LabelError(f"label {label!r} is not one of this model's labels ({known})")
-        return np.asarray(ids, dtype=np.int64)
+        """Class ids (ints, or digit strings) or names -> int64 ``[N]`` (``class_ids``; the "no label" id too)."""
+        return class_ids(labels, self.labels, self.num_classes)
 
     def sample(self, labels: Sequence[int | str], steps: int | None = None, guidance: float | None = None,
                seed: int = 0, method: str | None = None, batch_size: int = 256, progress: bool | None = None

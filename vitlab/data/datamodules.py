@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class TransformedDataset(Dataset):
-    """Applies a per-sample transform; ``None`` samples (unreadable files) pass through for collate to drop."""
+    """Applies a per-sample transform (``transform_item``: by default ``transform`` to the image of an ``(image,
+    label)`` pair); ``None`` samples (unreadable files) pass through for collate to drop."""
 
-    def __init__(self, base: Dataset, transform) -> None:
+    def __init__(self, base: Dataset, transform=None) -> None:
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
@@ -42,8 +43,9 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.base[i]
-        if item is None:
-            return None
+        return None if item is None else self.transform_item(item)
+
+    def transform_item(self, item: Any) -> Any:
         image, label = item
         return self.transform(image), label
 

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from vitlab_edge.boxes import boxes_to_input
 
 from vitlab._fs import atomic_write_json
-from vitlab.data.datamodules import VitlabDataModule
+from vitlab.data.datamodules import TransformedDataset, VitlabDataModule
 from vitlab.data.scenes import write_scenes
 from vitlab.errors import VitlabError
 from vitlab.inference.io import ImageReadError, read_image
@@ -173,7 +173,7 @@ class CocoDetectionDataset(Dataset):
         return image, boxes[keep], rec.labels[keep], rec.image_id
 
 
-class DetectionSamples(Dataset):
+class DetectionSamples(TransformedDataset):
     """Samples as model inputs: ``augment`` (with boxes) when given, then the letterbox to the model's size.
 
     Yields ``(CHW uint8 image, float32 [M, 4] boxes in input pixels, int64 [M] labels, image id, (h, w) of the
@@ -183,15 +183,10 @@ class DetectionSamples(Dataset):
         if preprocess.resize != "letterbox":
             raise VitlabError(f"detection needs preprocess.resize: letterbox (boxes map back exactly), got "
                               f"{preprocess.resize!r}")
-        self.base, self.preprocess, self.augment = base, preprocess, augment
+        super().__init__(base)
+        self.preprocess, self.augment = preprocess, augment
 
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        item = self.base[i]
-        if item is None:
-            return None
+    def transform_item(self, item: Any) -> Any:
         image, boxes, labels, image_id = item
         orig_hw = image.shape[:2]
         pre = self.preprocess

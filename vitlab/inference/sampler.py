@@ -57,17 +57,14 @@ class Sampler:
         return cls(edge, labels, edge.input_size, f"onnxruntime ({', '.join(edge.providers)})")
 
     def class_ids(self, labels: Sequence[int | str]) -> list[int]:
-        """Class ids from ids or names; a name or id the model does not have is one clear error."""
-        ids = []
-        for lab in labels:
-            k = self.labels.index(lab) if isinstance(lab, str) and lab in self.labels else lab
-            if isinstance(k, str) and k.lstrip("-").isdigit():
-                k = int(k)
-            if not isinstance(k, (int, np.integer)) or not 0 <= int(k) < len(self.labels):
-                raise VitlabError(f"label {lab!r} is not a class of this model (ids 0-{len(self.labels) - 1} or "
-                                  f"names {', '.join(self.labels)})")
-            ids.append(int(k))
-        return ids
+        """Class ids from ids or names (``vitlab_edge.sampler.class_ids``, without the "no label" id); a name or id
+        the model does not have is one clear error."""
+        from vitlab_edge.sampler import LabelError, class_ids
+
+        try:
+            return class_ids(labels, self.labels, len(self.labels), unconditional=False).tolist()
+        except LabelError as e:
+            raise VitlabError(f"label {e.label!r} is not a class of this model: {e}") from None
 
     def sample(self, labels: Sequence[int | str], steps: int | None = None, guidance: float | None = None,
                seed: int = 0, method: str | None = None, batch_size: int = 256,

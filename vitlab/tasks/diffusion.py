@@ -154,13 +154,12 @@ class DiffusionTask(VitlabTask):
         n = len(real)
         labels = np.arange(n) % self.hparams.num_classes
         fake = torch.from_numpy(self.sample(labels, seed=1)).permute(0, 3, 1, 2)
-        scores = generation_scores(classifier, real.to(self.device), fake.to(self.device), labels)
-        self.log("test/fid", scores["fid"], sync_dist=True)
-        self.log("test/class_acc", scores["class_acc"], sync_dist=True)
         train = self._training_images(n)
-        if train is not None:
-            floor = generation_scores(classifier, train.to(self.device), real.to(self.device))["fid"]
-            self.log("test/fid_floor", floor, sync_dist=True)
+        scores = generation_scores(classifier, real.to(self.device), fake.to(self.device), labels,
+                                   None if train is None else train.to(self.device))
+        for key in ("fid", "class_acc", "fid_floor"):
+            if key in scores:
+                self.log(f"test/{key}", scores[key], sync_dist=True)
 
     def _training_images(self, n: int) -> torch.Tensor | None:
         """``n`` training images (random by seed 0) as model inputs, for the real-vs-real FID floor."""
