@@ -19,7 +19,8 @@ Figures, per batch size:
   warm-up runs): the kernel time of the post-processing nodes (``vitlab.onnx.detect.postprocess_nodes``: nodes
   outside the ``detector`` module, i.e. decoding, top-k, NMS, padding; ORT fusions named ``<node>/<Fusion>`` count
   as their first node) as a percentage of all nodes' kernel time. Goal: <= 10 %. ``post_nodes_profiled`` says how
-  many of the graph's post-processing nodes appeared in the profile (the others were folded or fused away).
+  many of the graph's post-processing nodes appeared in the profile (the others were folded or fused away);
+  ``post_ops_pct`` the largest operator types among them, as shares of the same total.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def postprocess_share(path: Path, images: torch.Tensor, batch: int, threads: int
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     cutoff = starts[WARMUP] if len(starts) > WARMUP else 0  # the warm-up runs left out
     total = in_post = 0.0
-    seen = set()
+    seen, post_ops = set(), {}
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < cutoff:
             continue
@@ -123,9 +124,13 @@ def postprocess_share(path: Path, images: torch.Tensor, batch: int, threads: int
         if owner in post:
             in_post += e["dur"]
             seen.add(owner)
+            op = e["args"].get("op_name", "?")
+            post_ops[op] = post_ops.get(op, 0.0) + e["dur"]
     return {"share_pct": round(100 * in_post / total, 2) if total else None,
             "node_ms_per_image": round(total / 1000 / runs / batch, 3), "post_nodes_profiled": len(seen),
-            "post_nodes": len(post), "runs": runs}
+            "post_nodes": len(post), "runs": runs,
+            "post_ops_pct": {k: round(100 * v / total, 2)
+                             for k, v in sorted(post_ops.items(), key=lambda kv: -kv[1])[:6]}}
 
 
 def main() -> None:

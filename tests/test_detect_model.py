@@ -224,6 +224,15 @@ def test_create_detector_scenes_variant():
     assert len(other.points) == 20 * 20 + 10 * 10
 
 
+def test_conv_stem_variant_keeps_the_token_grid_and_points():
+    plain, stem = create_detector("vitdet_scenes"), create_detector("vitdet_scenes_cs")
+    assert isinstance(stem.backbone.vit.patch_embed.proj, torch.nn.Sequential)  # the conv stem, not a patchify
+    assert torch.equal(plain.points, stem.points) and stem.preprocess == plain.preprocess
+    with torch.no_grad():
+        out = stem.eval()(torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8))
+    assert out["cls_logits"].shape == (2, 16 * 16 + 8 * 8, 10)
+
+
 def test_create_detector_640_variant_builds():
     model = create_detector("vitdet_small_640", num_classes=80)
     assert model.preprocess.image_size == (640, 640) and model.preprocess.resize == "letterbox"
@@ -262,4 +271,5 @@ def test_pretrained_loads_a_classifier_backbone(tmp_path):
 def test_registry_lists_detection_variants():
     names = vitlab.list_models(include_timm=False)
     assert {"vitdet_scenes", "vitdet_small_640", "vitlab_tiny"} <= set(names)
-    assert vitlab.list_models("vitdet_*", include_timm=False) == ["vitdet_scenes", "vitdet_small_640"]
+    assert vitlab.list_models("vitdet_*", include_timm=False) == ["vitdet_scenes", "vitdet_scenes_cs",
+                                                                  "vitdet_small_640"]

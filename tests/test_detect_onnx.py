@@ -89,6 +89,12 @@ def test_nms_is_one_onnx_node_and_attention_fused_per_block(graphs):
     assert graphs["fp32"].graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     fp16_types = {n.name: n.op_type for n in graphs["fp16"].graph.node}
     assert "NonMaxSuppression" in fp16_types.values()  # and it stays fp32: the session below loads
+    # the op stops after max_det selections per image (most of the post-processing time otherwise)
+    nms = next(n for n in graphs["fp32"].graph.node if n.op_type == "NonMaxSuppression")
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graphs["fp32"].graph.initializer}
+    consts.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graphs["fp32"].graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    assert consts[nms.input[2]].tolist() == [POST["max_det"]]
 
 
 @pytest.mark.parametrize("batch", ["mixed", "larger", "all_empty"])

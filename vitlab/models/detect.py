@@ -22,6 +22,7 @@ from vitlab.errors import VitlabError
 from vitlab.models.backbone import ViTBackbone, load_weights
 from vitlab.models.classify import FMNIST_LABELS, _weights
 from vitlab.models.fcos import FCOSHead, fcos_loss, make_points, postprocess
+from vitlab.models.stem import conv_stem
 from vitlab.preprocess import PreprocessCfg
 from vitlab.registry import BACKBONE_OPTIONS, ModelSpec, register_model, resolve
 
@@ -229,6 +230,15 @@ def vitdet_scenes() -> ModelSpec:
                                                   mlp_ratio=2.0, class_token=False, global_pool="avg", fc_norm=False),
                      _RGB_LETTERBOX.replace(input_size=(3, 128, 128), labels=FMNIST_LABELS),
                      head=dict(scale_factors=(1.0, 0.5), fpn_channels=64, num_convs=2, range_per_stride=4.0))
+
+
+@register_model
+def vitdet_scenes_cs() -> ModelSpec:
+    """``vitdet_scenes`` with a convolutional stem (``vitlab.models.stem``: 3x3 convolutions 32-64-128, stride 2
+    each, 128 px -> the same 16x16 tokens) in place of the 8x8 patchify: the scenes demo's detector, which learns
+    faster per step and per minute on 2 cores than the plain patchify (README, "Object detection")."""
+    spec = vitdet_scenes()
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, "embed_layer": conv_stem((32, 64, 128))})
 
 
 @register_model

@@ -154,7 +154,8 @@ def postprocess(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides:
         wh = torch.tensor(image_size[::-1], dtype=cand_boxes.dtype, device=cand_boxes.device)
     cand_boxes = torch.minimum(cand_boxes.clamp(min=0), wh.repeat(2))  # [N, C, 4] clipped to the input
     nms_labels = torch.zeros_like(cand_labels) if class_agnostic else cand_labels
-    img, keep = nms_select(cand_boxes, cand_scores, nms_labels, cand_scores > score_thresh, nms_thresh)  # [S], [S]
+    img, keep = nms_select(cand_boxes, cand_scores, nms_labels, cand_scores > score_thresh, nms_thresh,
+                           max_det)  # [S], [S]
     return pad_detections(img, keep, cand_boxes, cand_scores, cand_labels, max_det)
 
 
@@ -176,31 +177,34 @@ def _topk_per_level(scores: torch.Tensor, level_sizes: list[int], topk: int) -> 
 
 
 def nms_select(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-               iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+               iou_thresh: float, max_keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-label greedy NMS over the ``valid`` candidates of ``boxes [N, C, 4]``: the kept
-    ``(image, candidate)`` index pairs ``[S]``, ``[S]``, grouped by image, best score first. The one data-dependent
-    step: under ``torch.onnx.export`` it becomes one ONNX ``NonMaxSuppression`` node (``_onnx_nms``)."""
+    ``(image, candidate)`` index pairs ``[S]``, ``[S]``, grouped by image, best score first, at most ``max_keep``
+    per image (the exported graph stops selecting there: NMS is most of the post-processing's time). The one
+    data-dependent step: under ``torch.onnx.export`` it becomes one ONNX ``NonMaxSuppression`` node
+    (``_onnx_nms``)."""
     if torch.onnx.is_in_onnx_export():
-        return _onnx_nms(boxes, scores, labels, valid, iou_thresh)
+        return _onnx_nms(boxes, scores, labels, valid, iou_thresh, max_keep)
     imgs, keeps = [], []
     for i in range(len(boxes)):  # a loop over the batch (torchvision's NMS takes one image)
         cand = valid[i].nonzero().squeeze(1)  # [c]
-        kept = cand[batched_nms(boxes[i, cand], scores[i, cand], labels[i, cand], iou_thresh)]  # [s], best first
+        kept = cand[batched_nms(boxes[i, cand], scores[i, cand], labels[i, cand], iou_thresh)][:max_keep]  # [s]
         imgs.append(torch.full_like(kept, i))
         keeps.append(kept)
     return torch.cat(imgs), torch.cat(keeps)
 
 
 def _onnx_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-              iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+              iou_thresh: float, max_keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``nms_select`` as ONNX ``NonMaxSuppression`` (emitted with ``torch.onnx.ops.symbolic``; ONNX Runtime runs it
     on CPU and CUDA). Labels become box offsets as in torchvision's ``batched_nms`` (boxes of different labels
     never overlap), so one "class" holds every candidate and the op's ``selected_indices [S, 3]`` (image, 0,
     candidate) come grouped by image, best score first, as from the torch path; invalid candidates get score -1,
-    below the op's ``score_threshold`` of -0.5 (scores are in [0, 1])."""
+    below the op's ``score_threshold`` of -0.5 (scores are in [0, 1]). ``max_keep`` is the op's
+    ``max_output_boxes_per_class``: with one "class" per image, the op stops after that many selections."""
     offsets = labels.to(boxes.dtype) * (boxes.max() + 1)  # [N, C]
     masked = torch.where(valid, scores, torch.full_like(scores, -1.0))[:, None]  # [N, 1, C]
-    max_per_class = torch.tensor([boxes.shape[1]], dtype=torch.int64)
+    max_per_class = torch.tensor([min(boxes.shape[1], max_keep or boxes.shape[1])], dtype=torch.int64)
     count = valid.sum().item()  # a symbolic size for tracing only: never use the output's size downstream
     torch._check(count >= 0)
     selected = torch.onnx.ops.symbolic(
