@@ -1,11 +1,18 @@
-"""Inference speed on this CPU: PyTorch eager vs ONNX Runtime fp32 / fp16 / int8, batch 1 and 8.
+"""Inference speed on this CPU: PyTorch eager vs ONNX Runtime fp32 (standard ``Attention`` and ``ort-mha``), fp16,
+int8 dynamic and int8 static (QDQ), at batch 1, 8 and 32.
 
-For each model (vit_small_patch16_224 with random weights, and the demo model from ``runs/demo`` when it was
-trained, else its random-initialised architecture) every backend is timed in rounds whose order rotates, and the
-ratio of medians to eager is reported (this machine is noisy). Achieved GFLOP/s = forward FLOPs per image (torch's
-FlopCounterMode) x images/s, against an fp32 matmul peak measured in the same run. For a trained demo model the
-int8 and fp32 accuracy on the full Fashion-MNIST test set is measured too.
-Usage: ``python benchmarks/bench_onnx.py [--seconds 2] [--rounds 3] [--out runs/bench/onnx.json]``
+For each model (``--models``, random weights: vit_tiny / vit_small / vit_base at 224 by default, and the demo model
+from ``runs/demo`` when it was trained, else its random-initialised architecture) every backend is timed in rounds
+whose order rotates, and the ratio of medians to eager is reported (this machine is noisy). Achieved GFLOP/s =
+forward FLOPs per image (torch's FlopCounterMode) x images/s, against an fp32 matmul peak measured in the same run.
+For a trained demo model the accuracy of each ONNX variant on the full Fashion-MNIST test set is measured too (the
+static int8 variant calibrated on 512 training images, as ``vitlab export --calib-data fashion-mnist`` does).
+``--compile``: ``torch.compile(model)`` (inductor) beside eager. ``--edge``: ``vitlab_edge.EdgeModel.run`` on the
+fp32 graph beside the bare ``InferenceSession.run`` (``ort_fp32``): the edge kit's own cost. ``--session-options``:
+the fp32 graph of the first model under ONNX Runtime session settings (spinning off, basic / extended graph
+optimisation, denormals as zero, one thread), interleaved against the defaults.
+Usage: ``python benchmarks/bench_onnx.py [--seconds 2] [--rounds 3] [--models ...] [--batches 1 8 32]
+[--session-options] [--compile] [--edge] [--out runs/bench/onnx.json]``
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch  # noqa: E402
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
-from vitlab.onnx.graph import export_graph  # noqa: E402
+from vitlab.onnx.graph import export_graph, model_metadata, rewrite_to_ort_mha, set_metadata  # noqa: E402
 from vitlab.onnx.precision import to_fp16, to_int8  # noqa: E402
 from vitlab.onnx.report import load_eval_set, onnx_outputs, torch_outputs  # noqa: E402
 
@@ -65,7 +72,9 @@ def interleaved_rates(fns: dict, batch: int, rounds: int, seconds: float) -> dic
 
 
 def images_per_second(fn, batch: int, seconds: float) -> float:
-    for _ in range(3):
+    t = time.perf_counter()
+    fn()
+    for _ in range(2 if time.perf_counter() - t < seconds / 4 else 0):  # warm-up: 1 to 3 calls
         fn()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -74,41 +83,97 @@ def images_per_second(fn, batch: int, seconds: float) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
+SESSION_VARIANTS = {  # name -> (graph optimisation level, config entries, intra-op threads)
+    "default": (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, {}, 0),
+    "no_spinning": (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, {"session.intra_op.allow_spinning": "0"}, 0),
+    "opt_extended": (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, {}, 0),
+    "opt_basic": (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, {}, 0),
+    "denormal_zero": (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, {"session.set_denormal_as_zero": "1"}, 0),
+    "one_thread": (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, {}, 1),
+}
+
+
+def cpu_session(path: Path, variant: str = "default") -> ort.InferenceSession:
+    level, entries, threads = SESSION_VARIANTS[variant]
+    so = ort.SessionOptions()
+    so.graph_optimization_level, so.intra_op_num_threads = level, threads
+    for k, v in entries.items():
+        so.add_session_config_entry(k, v)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def calibration_images(model: torch.nn.Module, n: int = 512) -> np.ndarray:
+    """Fashion-MNIST training images for a 28x28 grey model, else random pixels (speed only)."""
+    c, h, w = model.preprocess.input_size
+    if (c, h, w) == (1, 28, 28):
+        return load_eval_set("fashion-mnist", model.preprocess, split="train", limit=n).images
+    return np.random.default_rng(1).integers(0, 256, (64, c, h, w), dtype=np.uint8)
+
+
 def bench_model(name: str, model: torch.nn.Module, args, tmp: Path) -> dict:
     model.eval()
     fp32 = export_graph(model)
-    graphs = {"ort_fp32": fp32, "ort_fp16": to_fp16(fp32), "ort_int8": to_int8(fp32)}
+    graphs = {"ort_fp32": fp32, "ort_fp32_mha": rewrite_to_ort_mha(fp32), "ort_fp16": to_fp16(fp32),
+              "ort_int8": to_int8(fp32), "ort_int8_static": to_int8(fp32, calibration_images(model))}
     sessions = {}
     for key, graph in graphs.items():
         path = tmp / f"{name}-{key}.onnx"
         onnx.save(graph, path)
-        sessions[key] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sessions[key] = cpu_session(path)
+    edge = None
+    if args.edge:  # the fp32 graph with its vitlab metadata, served by the edge kit's EdgeModel
+        from vitlab_edge import EdgeModel
+
+        set_metadata(fp32, model_metadata(model, name))
+        onnx.save(fp32, tmp / f"{name}-edge.onnx")
+        edge = EdgeModel(tmp / f"{name}-edge.onnx", providers=["CPUExecutionProvider"])
     c, h, w = model.preprocess.input_size
     result = {"model": name, "gflop_per_image": flops_per_image(model) / 1e9, "batches": {}}
     for batch in args.batches:
         x = np.random.default_rng(0).integers(0, 256, (batch, c, h, w), dtype=np.uint8)
         xt = torch.from_numpy(x)
 
-        def eager(xt=xt):
+        def eager(xt=xt, m=model):
             with torch.inference_mode():
-                model(xt)
+                m(xt)
 
         fns = {"eager": eager, **{k: (lambda s=s, x=x: s.run(["probs"], {"images": x})) for k, s in sessions.items()}}
+        if edge is not None:  # EdgeModel.run: its checks and output naming around the same session.run
+            fns["edge_fp32"] = lambda x=x: edge.run(x, ["probs"])
+        if args.compile:  # torch.compile (inductor, default mode), one graph per batch size
+            compiled = torch.compile(model, dynamic=False)
+            fns["torch_compile"] = lambda xt=xt, m=compiled: eager(xt, m)
         rates = interleaved_rates(fns, batch, args.rounds, args.seconds)
         med = {k: statistics.median(v) for k, v in rates.items()}
         result["batches"][batch] = {k: {"img_s": round(v, 1), "vs_eager": round(v / med["eager"], 3),
-                                        "gflop_s": round(v * result["gflop_per_image"], 1)} for k, v in med.items()}
+                                        "gflop_s": round(v * result["gflop_per_image"], 1),
+                                        "rounds": [round(x, 1) for x in rates[k]]} for k, v in med.items()}
         print(json.dumps({"model": name, "batch": batch, **{k: v["img_s"] for k, v in
                                                            result["batches"][batch].items()}}), flush=True)
     return result, sessions
 
 
+def bench_session_options(name: str, args, tmp: Path) -> dict:
+    """img/s of ``name``'s fp32 graph under each of SESSION_VARIANTS, interleaved, as a ratio to the defaults."""
+    path = tmp / f"{name}-ort_fp32.onnx"
+    sessions = {k: cpu_session(path, k) for k in SESSION_VARIANTS}
+    c, h, w = (int(d.dim_value) for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim[1:])
+    out = {}
+    for batch in args.batches[:2]:
+        x = np.random.default_rng(0).integers(0, 256, (batch, c, h, w), dtype=np.uint8)
+        fns = {k: (lambda s=s, x=x: s.run(["probs"], {"images": x})) for k, s in sessions.items()}
+        med = {k: statistics.median(v) for k, v in interleaved_rates(fns, batch, args.rounds, args.seconds).items()}
+        out[batch] = {k: {"img_s": round(v, 1), "vs_default": round(v / med["default"], 3)} for k, v in med.items()}
+        print(json.dumps({"session_options": name, "batch": batch, **out[batch]}), flush=True)
+    return out
+
+
 def demo_accuracy(task, sessions) -> dict:
-    """fp32 / int8 accuracy on the full Fashion-MNIST test set (10k), torch vs ORT."""
+    """Accuracy of torch and of every ONNX variant on the full Fashion-MNIST test set (10k)."""
     data = load_eval_set("fashion-mnist", task.preprocess)
     ref = torch_outputs(task.model, data.images).argmax(1)
     acc = {"torch": float((ref == data.labels).mean() * 100)}
-    for key in ("ort_fp32", "ort_int8"):
+    for key in sessions:
         top1 = onnx_outputs(sessions[key], data.images)[0].argmax(1)
         acc[key] = float((top1 == data.labels).mean() * 100)
     return {k: round(v, 2) for k, v in acc.items()}
@@ -118,15 +183,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--models", nargs="+", default=["vit_tiny_patch16_224", "vit_small_patch16_224",
+                                                    "vit_base_patch16_224"])
+    ap.add_argument("--session-options", action="store_true", help="also time session settings (first model)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) beside eager")
+    ap.add_argument("--edge", action="store_true", help="also time the edge kit's EdgeModel.run on the fp32 graph")
     ap.add_argument("--out", default="runs/bench/onnx.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
     report = {"torch_threads": torch.get_num_threads(), "models": []}
     with tempfile.TemporaryDirectory() as tmp:
-        res, _ = bench_model("vit_small_patch16_224", vitlab.create_model("vit_small_patch16_224"), args, Path(tmp))
-        report["models"].append(res)
+        for name in args.models:
+            res, _ = bench_model(name, vitlab.create_model(name), args, Path(tmp))
+            report["models"].append(res)
+        if args.session_options:
+            report["session_options"] = bench_session_options(args.models[0], args, Path(tmp))
         task = vitlab.load(DEMO_CKPT) if DEMO_CKPT.is_file() else None
         demo = task.model if task is not None else vitlab.create_model("vitlab_fmnist", num_classes=10)
         res, sessions = bench_model("vitlab_fmnist (demo)", demo, args, Path(tmp))

@@ -6,7 +6,14 @@
    side by side in one run. Model: vit_small_patch16_224 (random weights: speed does not depend on them); the
    demo model is reported too, where decoding, not the model, sets the pace.
 2. ``stream`` over 20,000 image files: the main process's RSS after 2,000 and after 20,000 results.
-Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--out runs/bench/predict.json]``
+3. JPEG draft decoding (``vitlab_edge.imaging.draft_request``: Pillow decodes at 1/2, 1/4 or 1/8 scale in the DCT
+   domain, keeping >= DRAFT_MARGIN (4) source pixels per model pixel, before the exact resize) against the full
+   decode, for the demo model's 28x28 input: decode + resize images/s of one process, the mean / max |difference|
+   of the model inputs, and the top-1 agreement of a classifier on the photos and on Fashion-MNIST test items saved
+   as JPEGs of 84-448 px (with its accuracy both ways). ``--classifier CKPT`` (e.g. the demo's) gives a trained
+   model; without it a random-initialised one.
+Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--classifier CKPT]
+[--out runs/bench/predict.json]``
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+from vitlab_edge.imaging import draft_request  # noqa: E402
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
@@ -84,12 +92,58 @@ def stream_memory(predictor: Predictor, folder: Path, n: int, batch: int, worker
     return {"inputs": n, "rss_mb_at": marks, "seconds": round(time.perf_counter() - t, 1)}
 
 
+def garment_jpegs(folder: Path, n: int) -> tuple[list[str], np.ndarray]:
+    """The first ``n`` Fashion-MNIST test items upscaled (bicubic) to 84-448 px and saved as JPEGs, with labels."""
+    from PIL import Image
+
+    images, labels = fashion_mnist_arrays("test")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, files = np.random.default_rng(0), []
+    for i in range(n):
+        side, quality = int(rng.integers(84, 449)), int(rng.integers(75, 96))
+        f = folder / f"{i:05d}.jpg"
+        if not f.exists():
+            Image.fromarray(images[i]).resize((side, side), Image.Resampling.BICUBIC).save(f, quality=quality)
+        files.append(str(f))
+    return files, labels[:n].astype(np.int64)
+
+
+def decode_compare(model: torch.nn.Module, sets: dict[str, tuple[list[str], np.ndarray | None]]) -> list[dict]:
+    """Full vs draft JPEG decoding into ``model``'s input: speed (interleaved halves), input difference, top-1."""
+    pre = model.preprocess
+    draft = draft_request(pre.image_size, pre.resize, pre.crop_pct)
+    rows = []
+    for name, (files, labels) in sets.items():
+        inputs, seconds = {}, {"full": 0.0, "draft": 0.0}
+        for mode in ("full", "draft", "full", "draft"):  # two rounds each, interleaved: the machine is noisy
+            t = time.perf_counter()
+            inputs[mode] = np.stack([pre.prepare(read_image(f, draft=draft if mode == "draft" else None))
+                                     for f in files])
+            seconds[mode] += time.perf_counter() - t
+        diff = np.abs(inputs["full"].astype(np.int16) - inputs["draft"].astype(np.int16))
+        with torch.inference_mode():
+            top1 = {m: torch.cat([model(torch.from_numpy(x[i:i + 256])).argmax(1)
+                                  for i in range(0, len(x), 256)]).numpy() for m, x in inputs.items()}
+        row = {"set": name, "images": len(files), "draft_request": list(draft),
+               "full_img_s": round(2 * len(files) / seconds["full"], 1),
+               "draft_img_s": round(2 * len(files) / seconds["draft"], 1),
+               "speedup": round(seconds["full"] / seconds["draft"], 2),
+               "input_mean_abs_diff": round(float(diff.mean()), 3), "input_max_abs_diff": int(diff.max()),
+               "top1_agreement": round(float((top1["full"] == top1["draft"]).mean()), 4)}
+        if labels is not None:
+            row.update({f"accuracy_{m}": round(float((top1[m] == labels).mean()), 4) for m in top1})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--stream", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--classifier", help="a 28x28 Fashion-MNIST checkpoint for the decode comparison (default: random)")
     ap.add_argument("--out", default=str(CACHE / "predict.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -106,6 +160,10 @@ def main() -> None:
         report["stream"] = stream_memory(Predictor(onnx_backend(demo, Path(tmp) / "demo.onnx")),
                                          CACHE / "stream_files", args.stream, 256, args.workers)
     print(json.dumps(report["stream"]))
+    demo = (vitlab.load(args.classifier).model if args.classifier
+            else vitlab.create_model("vitlab_fmnist", num_classes=10)).eval()
+    report["draft_decoding"] = decode_compare(demo, {"photos": (files, None),
+                                                     "garments": garment_jpegs(CACHE / "garments", 2000)})
     atomic_write_json(args.out, report)
     print(f"-> {args.out}")
 

@@ -189,7 +189,9 @@ def test_nested_containers_need_an_explicit_p(tmp_path):
 
 def test_colour_photo_gives_one_model_input_in_training_predictor_and_edge_kit(tmp_path, trained_ckpt, exported):
     """Training's eval pipeline, the Predictor and the edge kit turn a colour photo into the same bytes (resize,
-    then channels: the grey model's luma is taken after the resize in all three)."""
+    then channels: the grey model's luma is taken after the resize in all three). A JPEG much larger than the
+    input is decoded at reduced scale when serving (``draft_request``), by the Predictor and the edge kit alike:
+    their bytes stay equal, and close to training's full decode."""
     skimage = pytest.importorskip("skimage")
     from PIL import Image
     from vitlab_edge.model import EdgeModel
@@ -198,15 +200,22 @@ def test_colour_photo_gives_one_model_input_in_training_predictor_and_edge_kit(t
     from vitlab.inference.predictor import DecodeDataset
     from vitlab.tasks import load_task
 
-    photo = tmp_path / "astronaut.jpg"
-    Image.fromarray(skimage.data.astronaut()[40:400, 60:300]).save(photo, quality=90)
+    crop = Image.fromarray(skimage.data.astronaut()[40:400, 60:300])
+    photo, jpeg = tmp_path / "astronaut.png", tmp_path / "astronaut.jpg"
+    crop.save(photo)
+    crop.save(jpeg, quality=90)
     pre = load_task(trained_ckpt).preprocess
     assert pre.channels == 1  # the interesting case: RGB -> grey, where the order changes the bytes
+    edge_model = EdgeModel(exported["fp32"])
     training = make_sample_transform(pre)(FileListDataset([photo], [0])[0][0])
     predictor = DecodeDataset([str(photo)], pre)[0][2]
-    edge = EdgeModel(exported["fp32"]).preprocess(str(photo))
+    edge = edge_model.preprocess(str(photo))
     assert training.shape == (1, 28, 28)
     assert np.array_equal(training, predictor) and np.array_equal(training, edge)
+    training = make_sample_transform(pre)(FileListDataset([jpeg], [0])[0][0]).astype(int)
+    predictor = DecodeDataset([str(jpeg)], pre)[0][2]
+    assert np.array_equal(predictor, edge_model.preprocess(str(jpeg)))
+    assert np.abs(training - predictor).mean() < 3.0
     for size in ((3, 40, 52), (1, 33, 20)):  # other sizes, channel counts and policies: training == Predictor
         other = pre.replace(input_size=size, mean=(0.5,) * size[0], std=(0.5,) * size[0], resize="letterbox")
         decoded = FileListDataset([photo], [0])[0][0]

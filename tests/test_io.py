@@ -213,3 +213,27 @@ def test_in_memory_images_are_treated_like_files(tmp_path):
     assert to_hwc_uint8(la).tolist() == [[[10, 10, 10], [255, 255, 255]]]
     Image.fromarray(la).save(tmp_path / "la.png")
     assert np.array_equal(to_hwc_uint8(la), read_image(tmp_path / "la.png"))
+
+
+def test_jpeg_draft_decodes_smaller_but_close(tmp_path):
+    """A large JPEG decodes at reduced DCT scale, never below the request; the model input it gives stays close to
+    the full decode's; PNGs, letterbox models and callers' PIL images are left alone."""
+    from vitlab_edge.imaging import DRAFT_MARGIN, draft_request, resize
+
+    from vitlab.data.datasets import skimage_photos
+
+    photo = Image.fromarray(skimage_photos()[0]).resize((480, 360))
+    jpg = _save(tmp_path, "big.jpg", photo, quality=90)
+    png = _save(tmp_path, "big.png", photo)
+    req = draft_request((28, 28), "squash")
+    assert req == (28 * DRAFT_MARGIN,) * 2 and draft_request((28, 28), "letterbox") is None
+    assert draft_request((224, 224), "center_crop", 0.875)[0] >= 224 * DRAFT_MARGIN / 0.875
+    full, small = read_image(jpg), read_image(jpg, draft=req)
+    assert full.shape == (360, 480, 3) and min(small.shape[:2]) >= req[0] and small.shape[0] < 360
+    assert read_image(png, draft=req).shape == (360, 480, 3)
+    a, b = (resize(x, (28, 28)).astype(int) for x in (full, small))
+    assert np.abs(a - b).mean() < 3.0
+    with Image.open(jpg) as img:  # an opened PIL image is the caller's: decoded as it is
+        from vitlab_edge.imaging import to_hwc_uint8
+
+        assert to_hwc_uint8(img, draft=req).shape == (360, 480, 3)

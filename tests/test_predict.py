@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vitlab_edge.imaging import draft_request
 
 import vitlab
 from tests.conftest import REPO, VITLAB, needs_fmnist
 from vitlab.errors import VitlabError
+from vitlab.inference.io import read_image
 
 pytestmark = needs_fmnist
 
@@ -101,7 +103,12 @@ def test_every_input_one_record_valid_ones_like_a_clean_copy(backend, corpus, ex
     assert all(r.error is None for r in results[:len(valid)]), [r.error for r in results if r.error]
     assert "decompression bomb" in results[inputs.index(bad[3])].error
     assert "directory" in results[inputs.index(bad[4])].error
-    clean = predictor.predict([c for c in valid.values()], batch_size=7, num_workers=0, topk=10)
+    # a JPEG far larger than the model's input decodes at reduced DCT scale (draft_request): so does its clean copy
+    pre = predictor.preprocess
+    draft = draft_request(pre.image_size, pre.resize, pre.crop_pct)
+    copies = [read_image(p, draft=draft) if p.endswith("large.jpg") else c for p, c in valid.items()]
+    assert copies[-1].shape[0] < 2000  # large.jpg is the last valid input, and was drafted
+    clean = predictor.predict(copies, batch_size=7, num_workers=0, topk=10)
     for r, c in zip(results, clean):
         assert r.class_id == c.class_id, r.source
         np.testing.assert_allclose([t["prob"] for t in r.topk], [t["prob"] for t in c.topk], atol=1e-5)

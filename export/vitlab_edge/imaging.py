@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS = (
 )
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit; configurable per call
 RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
+DRAFT_MARGIN = 4  # a JPEG decoded at reduced scale keeps >= this many source pixels per model pixel per side
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
 
 
@@ -86,8 +87,23 @@ def pil_to_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.
     return np.asarray(img.convert("RGB"))
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def draft_request(size: tuple[int, int], policy: str = "squash", crop_pct: float = 1.0) -> tuple[int, int] | None:
+    """The ``(w, h)`` a JPEG may be decoded down to (Pillow's ``Image.draft``: 1/2, 1/4 or 1/8 scale in the DCT
+    domain, never below the request) before the exact resize to ``size`` (h, w): ``DRAFT_MARGIN`` times the largest
+    side the resize needs, as a square (EXIF may turn the image). None for ``letterbox``: detection boxes map back
+    through the decoded image's own size, which must stay the file's."""
+    if policy == "letterbox":
+        return None
+    side = int(-(-max(size) * DRAFT_MARGIN // min(crop_pct, 1.0)))
+    return side, side
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft: tuple[int, int] | None = None) -> np.ndarray:
     """Decode ``path`` to HWC uint8 (1 or 3 channels), EXIF orientation applied; raises ImageReadError.
+
+    ``draft`` (w, h): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, as long as the result stays at least that
+    large (``draft_request`` says how large a model input needs); other formats ignore it.
 
     The frame Pillow opens is the one decoded: a multi-frame file's first frame (GIF, APNG, TIFF pages, WebP
     animation, MPO), a PSD's composite, an ICO's largest size. Seeking is left to Pillow, because formats
@@ -101,21 +117,24 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         if p.stat().st_size == 0:
             raise ImageReadError(p, "empty file")
         with Image.open(p) as img:
-            return decode_pil(img, max_pixels, p)
+            return decode_pil(img, max_pixels, p, draft)
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for bad data: UnidentifiedImageError, OSError, SyntaxError, ...
         raise ImageReadError(p, _reason(e)) from None
 
 
-def decode_pil(img, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | os.PathLike | None = None
-               ) -> np.ndarray:
+def decode_pil(img, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | os.PathLike | None = None,
+               draft: tuple[int, int] | None = None) -> np.ndarray:
     """An opened PIL image (from a file or in memory) -> HWC uint8: the pixel-limit check, its current frame
-    loaded, EXIF orientation applied, the mode converted (``pil_to_array``). Raises ImageReadError."""
+    loaded (a JPEG at reduced scale when ``draft`` allows, see ``read_image``), EXIF orientation applied, the mode
+    converted (``pil_to_array``). Raises ImageReadError."""
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         raise ImageReadError(source, f"{w}x{h} exceeds the pixel limit {max_pixels} (decompression bomb guard)")
     try:
+        if draft is not None and img.format == "JPEG" and img.mode in ("L", "RGB"):
+            img.draft(img.mode, draft)
         img.load()
     except Exception as e:  # a lazily opened image whose data is truncated or corrupt
         raise ImageReadError(source, _reason(e)) from None
@@ -137,15 +156,17 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def to_hwc_uint8(item, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A path, PIL image or HW/HWC uint8 array -> HWC uint8; anything else raises ImageReadError.
+def to_hwc_uint8(item, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+                 ) -> np.ndarray:
+    """A path, PIL image or HW/HWC uint8 array -> HWC uint8; anything else raises ImageReadError. ``draft``: see
+    ``read_image`` (files only: a caller's PIL image is not changed).
 
     In-memory PIL images are treated like files (pixel limit, EXIF orientation, a failed load becomes an
     ImageReadError). Arrays are taken as pixels: 1 channel grey, 3 RGB, 2 grey + alpha (LA) and 4 RGBA, alpha
     composited on white like a transparent file; other channel counts pass through (``to_layout`` keeps the first
     planes)."""
     if isinstance(item, (str, os.PathLike)):
-        return read_image(item, max_pixels)
+        return read_image(item, max_pixels, draft)
     if is_pil_image(item):
         return decode_pil(item, max_pixels)
     if isinstance(item, np.ndarray):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, resize, to_hwc_uint8, to_layout
+from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, draft_request, resize, to_hwc_uint8, to_layout
 from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
 from vitlab_edge.progress import Progress
 from vitlab_edge.records import RecordDecoder, RowContext, decoder_for, topk_record
@@ -75,9 +75,9 @@ class EdgeModel(ExportedModel):
 
     def prepare(self, image: Any) -> tuple[np.ndarray, tuple[int, int]]:
         """``preprocess`` plus the decoded image's ``(h, w)`` (EXIF applied), which detection boxes map back to."""
-        array = to_hwc_uint8(image, self.max_pixels)
         m = self.metadata
         c, h, w = self.input_size
+        array = to_hwc_uint8(image, self.max_pixels, draft_request((h, w), m["resize"], float(m["crop_pct"])))
         hw = (int(array.shape[0]), int(array.shape[1]))
         array = resize(array, (h, w), m["resize"], m["interpolation"], float(m["crop_pct"]))
         return to_layout(array, c), hw

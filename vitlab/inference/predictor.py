@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vitlab_edge.imaging import draft_request
 from vitlab_edge.imaging import to_hwc_uint8 as read_any
 from vitlab_edge.model import describe_input
 from vitlab_edge.progress import Progress
@@ -72,9 +73,10 @@ class DetectionPrediction:
 RESULT_TYPES = {"classification": Prediction, "detection": DetectionPrediction}  # PreprocessCfg.task -> result
 
 
-def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+                 ) -> np.ndarray:
     """What the edge kit reads (path, PIL image, HW/HWC uint8 array), plus torch tensors: CHW or HWC, uint8 or
-    float in 0..1."""
+    float in 0..1. ``draft``: JPEG files may decode at reduced scale down to that size (``draft_request``)."""
     if hasattr(item, "detach"):  # a torch tensor: CHW when the first axis looks like channels
         import torch
 
@@ -84,7 +86,7 @@ def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.n
         if t.is_floating_point():
             t = (t * (255.0 if float(t.max()) <= 1.0 else 1.0)).round().clamp(0, 255)
         item = t.to(torch.uint8).numpy()
-    return read_any(item, max_pixels)
+    return read_any(item, max_pixels, draft)
 
 
 class DecodeDataset:
@@ -94,6 +96,7 @@ class DecodeDataset:
     def __init__(self, items: list[Any], preprocess: PreprocessCfg,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+        self.draft = draft_request(preprocess.image_size, preprocess.resize, preprocess.crop_pct)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -103,7 +106,7 @@ class DecodeDataset:
         item = self.items[i]
         source = describe_input(item, i)
         try:
-            hwc = to_hwc_uint8(item, self.max_pixels)
+            hwc = to_hwc_uint8(item, self.max_pixels, self.draft)
             chw = self.preprocess.prepare(hwc)
             return i, source, chw, None, time.perf_counter() - t, (int(hwc.shape[0]), int(hwc.shape[1]))
         except ImageReadError as e:
