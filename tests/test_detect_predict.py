@@ -388,3 +388,19 @@ def test_edge_cli_detection_csv_and_coco_with_a_stand_in_model(tmp_path, monkeyp
     err = capsys.readouterr().err.splitlines()
     assert "1 inputs are not images of" in err[0] and "extra.png" in err[0]
     assert "match neither the names nor the number" in err[1] and not calls
+
+
+def test_cli_model_flags_override_the_checkpoints_hyperparameters(detector, tmp_path):
+    """`vitlab test --ckpt_path X --model.init_args.max_det=3`: the flag wins over the checkpoint's value (Lightning
+    2.6 alone lets the checkpoint win, silently); what the flags leave alone (the architecture) is the checkpoint's."""
+    from vitlab.cli import run_cli
+    from vitlab.tasks import load_task
+
+    trained = load_task(detector["ckpt"]).hparams
+    common = [*_cli_args(detector["root"], tmp_path), f"--ckpt_path={detector['ckpt']}",
+              "--trainer.limit_test_batches=1"]
+    cli = run_cli(["test", *common, "--model.init_args.max_det=3", "--model.score_thresh", "0.2"])
+    assert (cli.model.hparams.max_det, cli.model.hparams.score_thresh) == (3, 0.2)
+    assert (trained.max_det, trained.score_thresh) == (100, 0.05)
+    assert cli.model.hparams.model_options == trained.model_options
+    assert cli.trainer.callback_metrics["test/map"] >= 0  # and it ran

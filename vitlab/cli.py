@@ -25,9 +25,14 @@ class VitlabCLI(LightningCLI):
     (``last_checkpoint.*``), and CSV + TensorBoard logs under ``trainer.default_root_dir``.
 
     ``last.ckpt`` has a callback of its own because Lightning 2.6's ``save_last=True`` only refreshes it when a
-    top-k checkpoint is saved, so after an epoch that did not improve, "last" would be an older epoch."""
+    top-k checkpoint is saved, so after an epoch that did not improve, "last" would be an older epoch.
+
+    With ``--ckpt_path``, the model's arguments come from the checkpoint (its architecture must match), except those
+    given on the command line (``--model.init_args.score_thresh=0.3``): Lightning 2.6 lets the checkpoint win over
+    those too, silently (Lightning-AI/pytorch-lightning#21455)."""
 
     def __init__(self, *args, **kwargs) -> None:
+        self._model_flags = _model_flags(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -43,6 +48,13 @@ class VitlabCLI(LightningCLI):
                              "checkpoint.filename": "best-{epoch:02d}", "checkpoint.auto_insert_metric_name": False,
                              "last_checkpoint.filename": "last", "last_checkpoint.save_top_k": 1,
                              "last_checkpoint.enable_version_counter": False})
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        given = {k: self.config[sub][k] for k in self._model_flags if k in self.config[sub]} if sub else {}
+        super()._parse_ckpt_path()
+        for key, value in given.items():
+            self.config[sub][key] = value
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -60,6 +72,22 @@ class VitlabCLI(LightningCLI):
             args = Namespace(save_dir=root, name="logs", version=max(taken, default=-1) + 1)
             cfg.trainer.logger = [Namespace(class_path=cls, init_args=args.clone()) for cls in
                                   ("vitlab.loggers.AtomicCSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")]
+
+
+def _model_flags(argv) -> list[str]:
+    """The model keys that ``argv`` sets (``--model.init_args.topk=50``, ``--model.topk 50``) as config keys
+    (``model.init_args.topk``); the class path is the checkpoint's."""
+    keys = []
+    for token in argv if isinstance(argv, (list, tuple)) else ():
+        token = str(token)
+        if not token.startswith("--model."):
+            continue
+        parts = token[2:].split("=", 1)[0].split(".")
+        if parts[1] == "class_path":
+            continue
+        keys.append(".".join(["model", *(["init_args"] if parts[1] not in ("init_args", "dict_kwargs") else []),
+                              *parts[1:]]))
+    return keys
 
 
 def _cpu_precision(trainer) -> None:
