@@ -20,7 +20,12 @@ Figures, per batch size:
   outside the ``detector`` module, i.e. decoding, top-k, NMS, padding; ORT fusions named ``<node>/<Fusion>`` count
   as their first node) as a percentage of all nodes' kernel time. Goal: <= 10 %. ``post_nodes_profiled`` says how
   many of the graph's post-processing nodes appeared in the profile (the others were folded or fused away);
-  ``post_ops_pct`` the largest operator types among them, as shares of the same total.
+  ``post_ops_pct`` the largest operator types among them, as shares of the same total. The profiler adds a fixed
+  cost to every node it times, which weighs most on the ~100 small post-processing nodes, so also:
+- ``postprocess_wall_pct``: wall time, no profiler: the exported graph against the same graph cut where the
+  post-processing starts (its nodes removed, the head's outputs made the outputs), called in turn for ``--rounds x
+  --seconds``; the share is ``1 - median call time (cut) / median call time (full)``, with the same from each half
+  of the calls beside it (their spread).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -38,7 +44,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from bench_onnx import interleaved_rates  # noqa: E402  (the benchmarks' folder is on sys.path when run)
+from bench_onnx import interleaved_rates, profiled_kernel_events  # noqa: E402  (the benchmarks' folder is on sys.path when run)
 
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.onnx import export_onnx  # noqa: E402
@@ -105,19 +111,10 @@ def postprocess_share(path: Path, images: torch.Tensor, batch: int, threads: int
     """Share (%) of the profiled kernel time spent in the post-processing nodes, at ``batch``."""
     post = set(postprocess_nodes(onnx.load(str(path), load_external_data=False)))
     sess = session(path, threads, profile=str(Path(tmp) / f"profile_{path.stem}_b{batch}"))
-    x = images[:batch].numpy()
-    if len(x) < batch:
-        x = np.concatenate([x] * (batch // max(1, len(x)) + 1))[:batch]
-    for _ in range(WARMUP + runs):
-        sess.run(None, {"images": x})
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    cutoff = starts[WARMUP] if len(starts) > WARMUP else 0  # the warm-up runs left out
+    x = np.resize(images.numpy(), (batch, *images.shape[1:]))  # the first images, repeated if too few
     total = in_post = 0.0
     seen, post_ops = set(), {}
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < cutoff:
-            continue
+    for e in profiled_kernel_events(sess, {"images": x}, runs, WARMUP):
         name = e["name"][: -len("_kernel_time")]
         total += e["dur"]
         owner = name if name in post else name.split("/")[0]
@@ -131,6 +128,51 @@ def postprocess_share(path: Path, images: torch.Tensor, batch: int, threads: int
             "post_nodes": len(post), "runs": runs,
             "post_ops_pct": {k: round(100 * v / total, 2)
                              for k, v in sorted(post_ops.items(), key=lambda kv: -kv[1])[:6]}}
+
+
+def cut_before_postprocess(path: Path, out: Path) -> Path:
+    """``path``'s graph up to where the post-processing starts: the post-processing nodes removed, the tensors they
+    read from the detector (the head's float outputs) made the graph's outputs."""
+    model = onnx.load(str(path))
+    post = set(postprocess_nodes(model))
+    made_after = {o for n in model.graph.node if n.name in post for o in n.output}
+    given = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+    heads = list(dict.fromkeys(i for n in model.graph.node if n.name in post for i in n.input
+                               if i and i not in made_after and i not in given))
+    kept = [n for n in model.graph.node if n.name not in post]
+    used = {i for n in kept for i in n.input}
+    weights = [w for w in model.graph.initializer if w.name in used]  # the post-processing's constants go too
+    del model.graph.node[:], model.graph.output[:], model.graph.initializer[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(weights)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(h, onnx.TensorProto.FLOAT, None) for h in heads)
+    onnx.save(model, str(out))
+    return out
+
+
+def postprocess_wall(path: Path, images: torch.Tensor, batch: int, threads: int, args, tmp: str) -> dict:
+    """The post-processing's share of the graph's wall time at ``batch``: the full graph and the graph cut before
+    it, called in turn (which goes first alternates) for ``rounds x seconds`` in all; the share from the medians of
+    the single calls' times, which noise bursts of a few calls do not move (rounds of seconds each moved +-15 %)."""
+    sessions = {"full": session(path, threads),
+                "cut": session(cut_before_postprocess(path, Path(tmp) / f"cut_{path.stem}.onnx"), threads)}
+    feed = {"images": np.resize(images.numpy(), (batch, *images.shape[1:]))}  # first images, repeated if too few
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, feed)
+    end, i = time.perf_counter() + args.rounds * args.seconds, 0
+    while time.perf_counter() < end or i < 20:
+        for k in (("full", "cut") if i % 2 else ("cut", "full")):
+            t = time.perf_counter()
+            sessions[k].run(None, feed)
+            times[k].append(time.perf_counter() - t)
+        i += 1
+    med = {k: statistics.median(v) for k, v in times.items()}
+    half = len(times["full"]) // 2  # the same share from each half of the run: how stable it is
+    halves = [100 * (1 - statistics.median(times["cut"][a:b]) / statistics.median(times["full"][a:b]))
+              for a, b in ((0, half), (half, None))]
+    return {"share_pct": round(100 * (1 - med["cut"] / med["full"]), 2), "halves_pct": [round(h, 2) for h in halves],
+            "calls": len(times["full"]), "ms_per_call": {k: round(1000 * v, 3) for k, v in med.items()}}
 
 
 def main() -> None:
@@ -162,6 +204,9 @@ def main() -> None:
             report["postprocess_share"][f"ort_{p}"] = {
                 b: postprocess_share(onnx_dir / file_name(p), images, b, threads, args.profile_runs, tmp)
                 for b in args.batches}
+            report["postprocess_wall_pct"] = {f"ort_{p}": {
+                b: postprocess_wall(onnx_dir / file_name(p), images, b, threads, args, tmp) for b in args.batches}
+                for p in PRECISIONS}
     atomic_write_json(args.out, report)
     print(f"{name}, {len(images)} scenes test images, {threads} threads (torch and ORT)")
     for b, rows in report["throughput"].items():
@@ -170,6 +215,10 @@ def main() -> None:
     for k, per_batch in report["postprocess_share"].items():
         print(f"  {k} post-processing share of node time (goal <= 10 %): " + "  ".join(
             f"batch {b} {v['share_pct']}% ({v['post_nodes_profiled']}/{v['post_nodes']} nodes profiled)"
+            for b, v in per_batch.items()))
+    for k, per_batch in report["postprocess_wall_pct"].items():
+        print(f"  {k} post-processing share of wall time (full vs cut graph): " + "  ".join(
+            f"batch {b} {v['share_pct']}% (halves {v['halves_pct']}, {v['calls']} calls)"
             for b, v in per_batch.items()))
     print(f"-> {args.out}")
 

@@ -2,17 +2,20 @@
 int8 dynamic and int8 static (QDQ), at batch 1, 8 and 32.
 
 For each model (``--models``, random weights: vit_tiny / vit_small / vit_base at 224 by default, and the demo model
-from ``runs/demo`` when it was trained, else its random-initialised architecture) every backend is timed in rounds
-whose order rotates, and the ratio of medians to eager is reported (this machine is noisy). Achieved GFLOP/s =
-forward FLOPs per image (torch's FlopCounterMode) x images/s, against an fp32 matmul peak measured in the same run.
+from ``runs/demo`` when it was trained (``--demo-ckpt``), else its random-initialised architecture) every backend
+is timed in rounds whose order rotates, and the ratio of medians to eager is reported (this machine is noisy).
+Achieved GFLOP/s = forward FLOPs per image (torch's FlopCounterMode) x images/s, against an fp32 matmul peak
+measured in the same run.
 For a trained demo model the accuracy of each ONNX variant on the full Fashion-MNIST test set is measured too (the
 static int8 variant calibrated on 512 training images, as ``vitlab export --calib-data fashion-mnist`` does).
 ``--compile``: ``torch.compile(model)`` (inductor) beside eager. ``--edge``: ``vitlab_edge.EdgeModel.run`` on the
 fp32 graph beside the bare ``InferenceSession.run`` (``ort_fp32``): the edge kit's own cost. ``--session-options``:
 the fp32 graph of the first model under ONNX Runtime session settings (spinning off, basic / extended graph
-optimisation, denormals as zero, one thread), interleaved against the defaults.
+optimisation, denormals as zero, one thread), interleaved against the defaults. ``--int8-variants``: dynamic int8
+with weights per tensor and with 7-bit weights (``reduce_range``) beside the per-channel default. ``--demo-ckpt``:
+another 28x28 Fashion-MNIST classifier in the demo's place (e.g. the 30-minute one).
 Usage: ``python benchmarks/bench_onnx.py [--seconds 2] [--rounds 3] [--models ...] [--batches 1 8 32]
-[--session-options] [--compile] [--edge] [--out runs/bench/onnx.json]``
+[--session-options] [--compile] [--edge] [--int8-variants] [--demo-ckpt CKPT] [--out runs/bench/onnx.json]``
 """
 
 from __future__ import annotations
@@ -71,6 +74,19 @@ def interleaved_rates(fns: dict, batch: int, rounds: int, seconds: float) -> dic
     return rates
 
 
+def profiled_kernel_events(sess: ort.InferenceSession, feed: dict, runs: int, warmup: int = 3) -> list[dict]:
+    """Run ``sess`` (opened with ``enable_profiling``) ``warmup + runs`` times and end its profile: the ``Node``
+    kernel-time events of the last ``runs`` runs only (each with ``name``, ``dur`` in us and ``args.op_name``);
+    warm-up runs and any earlier runs of the session are left out."""
+    for _ in range(warmup + runs):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    cutoff = starts[-runs] if runs and len(starts) >= runs else 0
+    return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+            and e["ts"] >= cutoff]
+
+
 def images_per_second(fn, batch: int, seconds: float) -> float:
     t = time.perf_counter()
     fn()
@@ -115,6 +131,9 @@ def bench_model(name: str, model: torch.nn.Module, args, tmp: Path) -> dict:
     fp32 = export_graph(model)
     graphs = {"ort_fp32": fp32, "ort_fp32_mha": rewrite_to_ort_mha(fp32), "ort_fp16": to_fp16(fp32),
               "ort_int8": to_int8(fp32), "ort_int8_static": to_int8(fp32, calibration_images(model))}
+    if args.int8_variants:  # the dynamic default's neighbours: weights per tensor, 7-bit weights
+        graphs.update(ort_int8_per_tensor=to_int8(fp32, per_channel=False),
+                      ort_int8_reduce_range=to_int8(fp32, reduce_range=True))
     sessions = {}
     for key, graph in graphs.items():
         path = tmp / f"{name}-{key}.onnx"
@@ -189,6 +208,9 @@ def main() -> None:
     ap.add_argument("--session-options", action="store_true", help="also time session settings (first model)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) beside eager")
     ap.add_argument("--edge", action="store_true", help="also time the edge kit's EdgeModel.run on the fp32 graph")
+    ap.add_argument("--int8-variants", action="store_true", help="also dynamic int8 per tensor and reduce-range")
+    ap.add_argument("--demo-ckpt", default=str(DEMO_CKPT), help="the 28x28 classifier timed last (its test accuracy "
+                    "per variant too); e.g. runs/fmnist_best/checkpoints/last.ckpt")
     ap.add_argument("--out", default="runs/bench/onnx.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -200,7 +222,7 @@ def main() -> None:
             report["models"].append(res)
         if args.session_options:
             report["session_options"] = bench_session_options(args.models[0], args, Path(tmp))
-        task = vitlab.load(DEMO_CKPT) if DEMO_CKPT.is_file() else None
+        task = vitlab.load(args.demo_ckpt) if Path(args.demo_ckpt).is_file() else None
         demo = task.model if task is not None else vitlab.create_model("vitlab_fmnist", num_classes=10)
         res, sessions = bench_model("vitlab_fmnist (demo)", demo, args, Path(tmp))
         if task is not None:

@@ -1,7 +1,7 @@
 """Where the time goes: per-operator totals of one model on this CPU, ONNX Runtime (its profiler) beside PyTorch
 eager (``torch.profiler``), at each batch size.
 
-ONNX Runtime: ``SessionOptions.enable_profiling`` over ``--runs`` runs after 3 warm-up runs; every ``Node`` event's
+ONNX Runtime: ``SessionOptions.enable_profiling`` over ``--runs`` runs after the warm-up runs; every ``Node`` event's
 kernel time summed by operator type (after ONNX Runtime's own fusions: what actually ran). PyTorch: the self CPU
 time of each aten operator under ``torch.inference_mode``. Shares are of the summed operator time, so they add to
 100 % (the framework's own overhead between operators is the gap to wall time, reported as ``wall_ms``).
@@ -12,7 +12,6 @@ Usage: ``python benchmarks/profile_ops.py [--model vit_small_patch16_224] [--bat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from bench_onnx import profiled_kernel_events  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
@@ -45,23 +45,18 @@ def ort_ops(path: Path, x: np.ndarray, runs: int, tmp: str) -> dict:
     so = ort.SessionOptions()
     so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / f"ort_b{len(x)}")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    feed = {sess.get_inputs()[0].name: x}
     for _ in range(3):
-        sess.run(None, {name: x})
+        sess.run(None, feed)
     t = time.perf_counter()
     for _ in range(runs):
-        sess.run(None, {name: x})
+        sess.run(None, feed)
     wall = (time.perf_counter() - t) / runs
-    events = json.loads(Path(sess.end_profiling()).read_text())
     totals: dict[str, float] = defaultdict(float)
-    calls = 0
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            totals[e["args"]["op_name"]] += e["dur"]
-            calls += 1
-    # the warm-up runs are profiled too: scale to per-run from the number of runs profiled
-    per_run = sum(totals.values()) / (runs + 3) / 1000  # us -> ms per run
-    return {"wall_ms": round(1000 * wall, 2), "op_ms": round(per_run, 2), "shares_pct": shares(totals)}
+    for e in profiled_kernel_events(sess, feed, runs, warmup=0):  # already warm: the timed runs above
+        totals[e["args"]["op_name"]] += e["dur"]
+    return {"wall_ms": round(1000 * wall, 2), "op_ms": round(sum(totals.values()) / runs / 1000, 2),
+            "shares_pct": shares(totals)}
 
 
 def torch_ops(model: torch.nn.Module, x: torch.Tensor, runs: int) -> dict:

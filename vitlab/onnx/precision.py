@@ -134,8 +134,10 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def to_int8(model, calibration: np.ndarray | None = None):
-    """int8 copy of ``model``: dynamic quantisation, or static QDQ when ``calibration`` images are given."""
+def to_int8(model, calibration: np.ndarray | None = None, per_channel: bool = True, reduce_range: bool = False):
+    """int8 copy of ``model``: dynamic quantisation, or static QDQ when ``calibration`` images are given; weights
+    per output channel (default) or per tensor, over the full int8 range (default) or 7 bits (``reduce_range``,
+    for CPUs without VNNI, where u8 x s8 products can saturate)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -151,8 +153,8 @@ def to_int8(model, calibration: np.ndarray | None = None):
         # shape inference cannot type the outputs of com.microsoft ops (the ort-mha path): they are float
         options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         if calibration is None:
-            quantize_dynamic(src, dst, op_types_to_quantize=INT8_OPS, per_channel=True, weight_type=QuantType.QInt8,
-                             extra_options=options)
+            quantize_dynamic(src, dst, op_types_to_quantize=INT8_OPS, per_channel=per_channel,
+                             reduce_range=reduce_range, weight_type=QuantType.QInt8, extra_options=options)
         else:
             name = model.graph.input[0].name
 
@@ -166,6 +168,6 @@ def to_int8(model, calibration: np.ndarray | None = None):
                     return None if batch is None else {name: batch}
 
             quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            extra_options=options)
+                            per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, extra_options=options)
         return onnx.load(dst)
