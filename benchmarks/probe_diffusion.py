@@ -22,6 +22,7 @@ other (the default) so that each gets the whole machine. Needs ``pip install dif
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -37,7 +38,14 @@ from vitlab_edge.sampling import initial_noise, sample, to_uint8  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays  # noqa: E402
 from vitlab.metrics import generation_scores, load_classifier  # noqa: E402
-from vitlab.models.diffusion import Denoiser, DenoiserCfg, denoiser_cfg, flow_pair, timestep_embedding  # noqa: E402
+from vitlab.models.diffusion import (  # noqa: E402
+    Denoiser,
+    DenoiserCfg,
+    denoiser_cfg,
+    flow_pair,
+    timestep_embedding,
+    to_model_space,
+)
 
 
 class UViT(nn.Module):
@@ -148,13 +156,13 @@ def train(model: nn.Module, objective, images: np.ndarray, labels: np.ndarray, m
     """A bare loop for ``minutes``: AdamW (lr 1e-3, betas 0.9/0.99), 200 warm-up steps, flips, 10 % label dropout,
     EMA 0.995 (with DiffusionTask's warm-up of the average). Returns the EMA model and the number of steps."""
     g = torch.Generator().manual_seed(seed)
-    ema = _copy(model)
+    ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     step, end = 0, time.monotonic() + 60 * minutes
     while time.monotonic() < end:
         idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x0 = x_all[idx][:, None].float() / 127.5 - 1
+        x0 = to_model_space(x_all[idx][:, None])
         flip = torch.rand(batch, generator=g) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         y = torch.where(torch.rand(batch, generator=g) < 0.1, model.null_class, y_all[idx])
@@ -170,12 +178,6 @@ def train(model: nn.Module, objective, images: np.ndarray, labels: np.ndarray, m
                 e.lerp_(p, 1 - decay)
         step += 1
     return ema.eval(), step
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).requires_grad_(False)
 
 
 def main() -> None:
