@@ -12,10 +12,15 @@ static int8 variant calibrated on 512 training images, as ``vitlab export --cali
 fp32 graph beside the bare ``InferenceSession.run`` (``ort_fp32``): the edge kit's own cost. ``--session-options``:
 the fp32 graph of the first model under ONNX Runtime session settings (spinning off, basic / extended graph
 optimisation, denormals as zero, one thread), interleaved against the defaults. ``--int8-variants``: dynamic int8
-with weights per tensor and with 7-bit weights (``reduce_range``) beside the per-channel default. ``--demo-ckpt``:
+with weights per tensor and with 7-bit weights (``reduce_range``) beside the per-channel default. ``--attention-4d``:
+fp32 and int8 graphs whose attention keeps the exporter's 4-D head layout (vitlab's export before
+``attention_to_3d``) beside the default 3-D ones. ``--backends``: only the named ONNX Runtime backends beside eager
+(a focused comparison with more rounds). Besides the ratio of medians, every backend gets the median, min and max of
+its per-round ratios to eager (``vs_eager_paired``), which a slow drift of the machine disturbs less. ``--demo-ckpt``:
 another 28x28 Fashion-MNIST classifier in the demo's place (e.g. the 30-minute one).
 Usage: ``python benchmarks/bench_onnx.py [--seconds 2] [--rounds 3] [--models ...] [--batches 1 8 32]
-[--session-options] [--compile] [--edge] [--int8-variants] [--demo-ckpt CKPT] [--out runs/bench/onnx.json]``
+[--session-options] [--compile] [--edge] [--int8-variants] [--attention-4d] [--backends ...] [--demo-ckpt CKPT]
+[--out runs/bench/onnx.json]``
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -131,9 +137,15 @@ def bench_model(name: str, model: torch.nn.Module, args, tmp: Path) -> dict:
     fp32 = export_graph(model)
     graphs = {"ort_fp32": fp32, "ort_fp32_mha": rewrite_to_ort_mha(fp32), "ort_fp16": to_fp16(fp32),
               "ort_int8": to_int8(fp32), "ort_int8_static": to_int8(fp32, calibration_images(model))}
+    if args.attention_4d:  # the exporter's own 4-D attention (head Transposes around it), as before attention_to_3d
+        with mock.patch("vitlab.onnx.graph.attention_to_3d", lambda graph: graph):
+            graphs["ort_fp32_4d"] = four_d = export_graph(model)
+        graphs["ort_int8_4d"] = to_int8(four_d)
     if args.int8_variants:  # the dynamic default's neighbours: weights per tensor, 7-bit weights
         graphs.update(ort_int8_per_tensor=to_int8(fp32, per_channel=False),
                       ort_int8_reduce_range=to_int8(fp32, reduce_range=True))
+    if args.backends:  # a focused comparison: fewer backends, so more rounds fit and neighbours run back to back
+        graphs = {k: g for k, g in graphs.items() if k in args.backends}
     sessions = {}
     for key, graph in graphs.items():
         path = tmp / f"{name}-{key}.onnx"
@@ -164,7 +176,10 @@ def bench_model(name: str, model: torch.nn.Module, args, tmp: Path) -> dict:
             fns["torch_compile"] = lambda xt=xt, m=compiled: eager(xt, m)
         rates = interleaved_rates(fns, batch, args.rounds, args.seconds)
         med = {k: statistics.median(v) for k, v in rates.items()}
+        paired = {k: sorted(a / e for a, e in zip(rates[k], rates["eager"])) for k in rates}  # per round
         result["batches"][batch] = {k: {"img_s": round(v, 1), "vs_eager": round(v / med["eager"], 3),
+                                        "vs_eager_paired": [round(statistics.median(paired[k]), 3),
+                                                            round(paired[k][0], 3), round(paired[k][-1], 3)],
                                         "gflop_s": round(v * result["gflop_per_image"], 1),
                                         "rounds": [round(x, 1) for x in rates[k]]} for k, v in med.items()}
         print(json.dumps({"model": name, "batch": batch, **{k: v["img_s"] for k, v in
@@ -208,7 +223,11 @@ def main() -> None:
     ap.add_argument("--session-options", action="store_true", help="also time session settings (first model)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) beside eager")
     ap.add_argument("--edge", action="store_true", help="also time the edge kit's EdgeModel.run on the fp32 graph")
+    ap.add_argument("--attention-4d", action="store_true",
+                    help="also the fp32 and int8 graphs with the exporter's 4-D attention (before attention_to_3d)")
     ap.add_argument("--int8-variants", action="store_true", help="also dynamic int8 per tensor and reduce-range")
+    ap.add_argument("--backends", nargs="+", help="only these ONNX Runtime backends beside eager, e.g. ort_fp32 "
+                    "ort_fp32_4d (with --attention-4d)")
     ap.add_argument("--demo-ckpt", default=str(DEMO_CKPT), help="the 28x28 classifier timed last (its test accuracy "
                     "per variant too); e.g. runs/fmnist_best/checkpoints/last.ckpt")
     ap.add_argument("--out", default="runs/bench/onnx.json")
@@ -238,8 +257,10 @@ def main() -> None:
     for m in report["models"]:
         print(f"{m['model']}: {m['gflop_per_image']:.3f} GFLOP/image")
         for batch, b in m["batches"].items():
-            print(f"  batch {batch}: " + "  ".join(f"{k} {v['img_s']:.0f} img/s ({v['vs_eager']:.2f}x, "
-                                                     f"{v['pct_of_peak']:.0f}% peak)" for k, v in b.items()))
+            print(f"  batch {batch}: " + "  ".join(
+                f"{k} {v['img_s']:.0f} img/s ({v['vs_eager']:.2f}x, per round {v['vs_eager_paired'][0]:.2f}x "
+                f"[{v['vs_eager_paired'][1]:.2f}-{v['vs_eager_paired'][2]:.2f}], {v['pct_of_peak']:.0f}% peak)"
+                for k, v in b.items()))
         if "fmnist_test_accuracy_pct" in m:
             print(f"  Fashion-MNIST test accuracy: {m['fmnist_test_accuracy_pct']}")
     print(f"-> {args.out}")

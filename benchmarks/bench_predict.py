@@ -4,7 +4,8 @@
    Predictor's images/s (decode + resize in worker processes, overlapped with inference) against the model-only
    images/s on already-decoded batches of the same size, for the checkpoint (torch) and ONNX backends, measured
    side by side in one run. Model: vit_small_patch16_224 (random weights: speed does not depend on them); the
-   demo model is reported too, where decoding, not the model, sets the pace.
+   demo model is reported too, where decoding, not the model, sets the pace, and the demo model once more over
+   2,000 Fashion-MNIST test items saved as 28x28 PNGs (inputs at the model's own size: decoding costs least).
 2. ``stream`` over 20,000 image files: the main process's RSS after 2,000 and after 20,000 results.
 3. JPEG draft decoding (``vitlab_edge.imaging.draft_request``: Pillow decodes at 1/2, 1/4 or 1/8 scale in the DCT
    domain, keeping >= DRAFT_MARGIN (4) source pixels per model pixel, before the exact resize) against the full
@@ -74,10 +75,11 @@ def throughput(predictor: Predictor, files: list[str], batch: int, workers: int)
             "ratio": round(pred_rate / model_rate, 3)}
 
 
-def stream_memory(predictor: Predictor, folder: Path, n: int, batch: int, workers: int) -> dict:
-    images = fashion_mnist_arrays("test")[0]
+def garment_pngs(folder: Path, n: int) -> list[str]:
+    """Fashion-MNIST test items as 28x28 PNG files (cycled past 10,000): the demo model's native input size."""
     from PIL import Image
 
+    images = fashion_mnist_arrays("test")[0]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(n):
@@ -85,11 +87,15 @@ def stream_memory(predictor: Predictor, folder: Path, n: int, batch: int, worker
         if not f.exists():
             Image.fromarray(images[i % len(images)]).save(f)
         files.append(str(f))
+    return files
+
+
+def stream_memory(predictor: Predictor, files: list[str], batch: int, workers: int) -> dict:
     marks, t = {}, time.perf_counter()
     for k, _ in enumerate(predictor.stream(files, batch_size=batch, num_workers=workers), 1):
-        if k in (2000, n):
+        if k in (2000, len(files)):
             marks[k] = round(rss_mb(), 1)
-    return {"inputs": n, "rss_mb_at": marks, "seconds": round(time.perf_counter() - t, 1)}
+    return {"inputs": len(files), "rss_mb_at": marks, "seconds": round(time.perf_counter() - t, 1)}
 
 
 def garment_jpegs(folder: Path, n: int) -> tuple[list[str], np.ndarray]:
@@ -148,17 +154,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     files = make_photo_folder(CACHE / "photos", n=args.images)
+    pngs = garment_pngs(CACHE / "stream_files", max(args.stream, args.images))
     report = {"torch_threads": torch.get_num_threads(), "throughput": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("vit_small_patch16_224", "vitlab_fmnist"):
+        runs = [("vit_small_patch16_224", "photos", files), ("vitlab_fmnist", "photos", files),
+                ("vitlab_fmnist", "28x28 PNGs", pngs[:args.images])]  # the last: inputs at the model's own size
+        for name, inputs, paths in runs:
             model = vitlab.create_model(name, num_classes=10).eval()
             for backend in (TorchBackend(model, "cpu"), onnx_backend(model, Path(tmp) / f"{name}.onnx")):
-                row = {"model": name, **throughput(Predictor(backend), files, args.batch, args.workers)}
+                row = {"model": name, "inputs": inputs,
+                       **throughput(Predictor(backend), paths, args.batch, args.workers)}
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)
         demo = vitlab.create_model("vitlab_fmnist", num_classes=10).eval()
-        report["stream"] = stream_memory(Predictor(onnx_backend(demo, Path(tmp) / "demo.onnx")),
-                                         CACHE / "stream_files", args.stream, 256, args.workers)
+        report["stream"] = stream_memory(Predictor(onnx_backend(demo, Path(tmp) / "demo.onnx")), pngs[:args.stream],
+                                         256, args.workers)
     print(json.dumps(report["stream"]))
     demo = (vitlab.load(args.classifier).model if args.classifier
             else vitlab.create_model("vitlab_fmnist", num_classes=10)).eval()

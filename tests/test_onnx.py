@@ -38,7 +38,12 @@ def test_one_fused_attention_node_per_block_on_both_paths(variant):
     depth = model.backbone.depth
     graph = export_graph(model)
     assert count_fused_attention(graph) == depth
-    assert [n.op_type for n in graph.graph.node].count("Attention") == depth
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Attention") == depth
+    # 3-D attention fed by one Split of the QKV projection: no head Transposes / Squeezes / Reshapes left per block
+    assert all(_heads(n) == model.backbone.vit.blocks[0].attn.num_heads for n in graph.graph.node
+               if n.op_type == "Attention")
+    assert ops.count("Split") == depth and ops.count("Transpose") <= 1 and "Squeeze" not in ops
     mha = rewrite_to_ort_mha(graph)
     onnx.checker.check_model(mha)
     assert count_fused_attention(mha) == depth
@@ -56,6 +61,27 @@ def test_one_fused_attention_node_per_block_on_both_paths(variant):
     half = to_fp16(mha)
     assert count_fused_attention(half) == depth
     np.testing.assert_allclose(_session(half).run(["logits"], {"images": x})[0], ref, atol=2e-2)
+
+
+def _heads(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "q_num_heads"), None)
+
+
+def test_attention_the_split_pattern_does_not_fit_is_still_3d_and_exact():
+    """qk-norm puts a LayerNorm between the head split and the attention: Transposes around the 3-D node instead."""
+    model = vitlab.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, embed_dim=48,
+                                depth=2, num_heads=3).eval()
+    for block in model.backbone.vit.blocks:  # timm's qk_norm=True, set after the fact
+        block.attn.q_norm, block.attn.k_norm = torch.nn.LayerNorm(16), torch.nn.LayerNorm(16)
+    graph = export_graph(model)
+    attention = [n for n in graph.graph.node if n.op_type == "Attention"]
+    assert len(attention) == 2 and all(_heads(n) == 3 for n in attention)
+    assert [n.op_type for n in graph.graph.node].count("Transpose") > 1  # the fallback wrap, not the Split
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    for g in (graph, rewrite_to_ort_mha(graph)):
+        np.testing.assert_allclose(_session(g).run(["logits"], {"images": x})[0], ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("opset", [17, 22, 26])
