@@ -3,9 +3,12 @@
 1. Over a folder of >= 2,000 JPEGs of mixed sizes cut from real photographs (scikit-image's bundled photos), the
    Predictor's images/s (decode + resize in worker processes, overlapped with inference) against the model-only
    images/s on already-decoded batches of the same size, for the checkpoint (torch) and ONNX backends, measured
-   side by side in one run. Model: vit_small_patch16_224 (random weights: speed does not depend on them); the
-   demo model is reported too, where decoding, not the model, sets the pace, and the demo model once more over
-   2,000 Fashion-MNIST test items saved as 28x28 PNGs (inputs at the model's own size: decoding costs least).
+   side by side in rotating rounds. Model: vit_small_patch16_224 (random weights: speed does not depend on them;
+   ``--vit-images`` of the photos); the demo model is reported too, where decoding, not the model, sets the pace,
+   and the demo model once more over 10,000 Fashion-MNIST test items saved as 28x28 PNGs (``--png-images``; inputs
+   at the model's own size: decoding costs least). Variants: the Predictor's defaults (``torch``, ``ort``: ONNX
+   Runtime's threads do not spin), ``ort spinning`` (the session defaults, the Predictor's before), and both runtimes
+   with ``cores - workers`` threads; each is divided by its runtime's model-only rate at its fastest settings.
 2. ``stream`` over 20,000 image files: the main process's RSS after 2,000 and after 20,000 results.
 3. JPEG draft decoding (``vitlab_edge.imaging.draft_request``: Pillow decodes at 1/2, 1/4 or 1/8 scale in the DCT
    domain, keeping >= DRAFT_MARGIN (4) source pixels per model pixel, before the exact resize) against the full
@@ -13,7 +16,7 @@
    of the model inputs, and the top-1 agreement of a classifier on the photos and on Fashion-MNIST test items saved
    as JPEGs of 84-448 px (with its accuracy both ways). ``--classifier CKPT`` (e.g. the demo's) gives a trained
    model; without it a random-initialised one.
-Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--classifier CKPT]
+Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--rounds 3] [--classifier CKPT]
 [--out runs/bench/predict.json]``
 """
 
@@ -58,21 +61,59 @@ def onnx_backend(model: torch.nn.Module, path: Path) -> OrtBackend:
     return OrtBackend(path, providers=["CPUExecutionProvider"])
 
 
-def throughput(predictor: Predictor, files: list[str], batch: int, workers: int) -> dict:
-    """Predictor over the files vs the same backend on pre-decoded batches, back to back."""
-    pre = predictor.preprocess
-    decoded = np.stack([pre.prepare(read_image(f)) for f in files[: batch * 8]])
-    predictor.backend(decoded[:batch])  # warm-up
-    t = time.perf_counter()
-    for i in range(0, len(decoded), batch):
-        predictor.backend(decoded[i:i + batch])
-    model_rate = len(decoded) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    n = sum(1 for r in predictor.stream(files, batch_size=batch, num_workers=workers) if r.error is None)
-    pred_rate = n / (time.perf_counter() - t)
-    return {"backend": predictor.backend.name, "images": n, "batch": batch, "workers": workers,
-            "model_only_img_s": round(model_rate, 1), "predictor_img_s": round(pred_rate, 1),
-            "ratio": round(pred_rate / model_rate, 3)}
+def predictor_variants(model: torch.nn.Module, path: Path, workers: int) -> dict[str, tuple[Predictor, object]]:
+    """The Predictor's settings to compare, each with the model-only reference it is divided by: the same runtime
+    at its own fastest settings (torch: its default threads; ONNX Runtime: its default session, spinning on)."""
+    import onnxruntime as ort
+    from vitlab_edge import EdgeModel
+
+    ort_backend = onnx_backend(model, path)
+    spinning = OrtBackend(path, providers=["CPUExecutionProvider"])
+    spinning.edge.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the old default
+    ort_ref = EdgeModel(path, providers=["CPUExecutionProvider"]).run
+    torch_ref = TorchBackend(model, "cpu")
+    variants = {"torch": (Predictor(torch_ref), torch_ref), "ort": (Predictor(ort_backend), ort_ref),
+                "ort spinning": (Predictor(spinning), ort_ref)}
+    fewer = (os.cpu_count() or 1) - workers
+    if 1 <= fewer < torch.get_num_threads():
+        variants[f"torch {fewer} thread(s)"] = (Predictor(TorchBackend(model, "cpu", threads=fewer)), torch_ref)
+        variants[f"ort {fewer} thread(s)"] = (Predictor(OrtBackend(path, ["CPUExecutionProvider"], fewer)), ort_ref)
+    return variants
+
+
+def throughput(variants: dict[str, tuple[Predictor, object]], files: list[str], batch: int, workers: int,
+               rounds: int, min_seconds: float = 1.0) -> dict[str, dict]:
+    """Each variant's Predictor over the files and its model-only reference on pre-decoded batches of the same
+    size (for at least ``min_seconds``), back to back, both warmed up, in ``rounds`` rounds whose order rotates (the
+    machine is noisy): images/s and the ratio, medians with [min, max] over the rounds (the ratio per round)."""
+    pre = next(iter(variants.values()))[0].preprocess
+    decoded = np.stack([pre.prepare(read_image(f)) for f in files[: batch * 4]])
+    seen: dict[str, dict[str, list[float]]] = {name: {"model": [], "predictor": [], "ratio": []} for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            predictor, reference = variants[name]
+            reference(decoded[:batch])  # warm-up, both (a session's first run sets up its memory plan)
+            predictor.backend(decoded[:batch])
+            done, t = 0, time.perf_counter()
+            while done == 0 or time.perf_counter() - t < min_seconds:
+                for i in range(0, len(decoded), batch):
+                    reference(decoded[i:i + batch])
+                done += len(decoded)
+            model_rate = done / (time.perf_counter() - t)
+            t = time.perf_counter()
+            n = sum(1 for r in predictor.stream(files, batch_size=batch, num_workers=workers) if r.error is None)
+            pred_rate = n / (time.perf_counter() - t)
+            for key, value in (("model", model_rate), ("predictor", pred_rate), ("ratio", pred_rate / model_rate)):
+                seen[name][key].append(value)
+
+    def spread(values: list[float], digits: int) -> list[float]:
+        return [round(float(np.median(values)), digits), round(min(values), digits), round(max(values), digits)]
+
+    return {name: {"images": len(files), "batch": batch, "workers": workers, "rounds": rounds,
+                   "backend": variants[name][0].backend.name,
+                   "model_only_img_s": spread(v["model"], 1), "predictor_img_s": spread(v["predictor"], 1),
+                   "ratio": spread(v["ratio"], 3)} for name, v in seen.items()}
 
 
 def garment_pngs(folder: Path, n: int) -> list[str]:
@@ -149,21 +190,24 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the throughput comparison (order rotates)")
+    ap.add_argument("--vit-images", type=int, default=256, help="photos for vit_small (~15 img/s here)")
+    ap.add_argument("--png-images", type=int, default=10000, help="28x28 PNGs for the demo model (~5k img/s)")
     ap.add_argument("--classifier", help="a 28x28 Fashion-MNIST checkpoint for the decode comparison (default: random)")
     ap.add_argument("--out", default=str(CACHE / "predict.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
     files = make_photo_folder(CACHE / "photos", n=args.images)
-    pngs = garment_pngs(CACHE / "stream_files", max(args.stream, args.images))
+    pngs = garment_pngs(CACHE / "stream_files", max(args.stream, args.png_images))
     report = {"torch_threads": torch.get_num_threads(), "throughput": []}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [("vit_small_patch16_224", "photos", files), ("vitlab_fmnist", "photos", files),
-                ("vitlab_fmnist", "28x28 PNGs", pngs[:args.images])]  # the last: inputs at the model's own size
+        runs = [("vit_small_patch16_224", "photos", files[:args.vit_images]), ("vitlab_fmnist", "photos", files),
+                ("vitlab_fmnist", "28x28 PNGs", pngs[:args.png_images])]  # inputs at the model's own size
         for name, inputs, paths in runs:
             model = vitlab.create_model(name, num_classes=10).eval()
-            for backend in (TorchBackend(model, "cpu"), onnx_backend(model, Path(tmp) / f"{name}.onnx")):
-                row = {"model": name, "inputs": inputs,
-                       **throughput(Predictor(backend), paths, args.batch, args.workers)}
+            variants = predictor_variants(model, Path(tmp) / f"{name}.onnx", args.workers)
+            for variant, row in throughput(variants, paths, args.batch, args.workers, args.rounds).items():
+                row = {"model": name, "inputs": inputs, "variant": variant, **row}
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)
         demo = vitlab.create_model("vitlab_fmnist", num_classes=10).eval()

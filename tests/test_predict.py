@@ -179,7 +179,7 @@ def test_cli_predict_jsonl_csv_resume(trained_ckpt, exported, corpus, tmp_path, 
     assert recs[:4] == [{**r, "index": i} for i, r in enumerate(first)] and recs[6]["error"]
     csv_out = tmp_path / "preds.csv"
     main(["predict", str(trained_ckpt), *files, "--out", str(csv_out), "--overlays", str(tmp_path / "ov"),
-          "--explain", "--workers", "0"])
+          "--explain", "--workers", "0", "--threads", "1"])
     lines = csv_out.read_text().splitlines()
     assert lines[0].startswith("index,source,label") and len(lines) == 9
     assert len(list((tmp_path / "ov").glob("*.png"))) == 6
@@ -259,13 +259,20 @@ def test_two_process_prediction_with_a_lost_input_fails_on_every_rank_at_once(tr
     assert not out.exists() and not list(tmp_path.glob("*.part"))
 
 
-def test_distributed_prediction_needs_an_input_per_process(trained_ckpt, fmnist_test, tmp_path):
+def test_distributed_prediction_needs_an_input_per_process(trained_ckpt, fmnist_test, tmp_path, capsys):
     from vitlab.inference.distributed import predict_distributed
     from vitlab.tasks import load_task
 
     with pytest.raises(VitlabError, match="1 inputs for 2 processes"):
         predict_distributed(load_task(trained_ckpt).model, [fmnist_test[0][0]], tmp_path / "p.jsonl", devices=2,
                             accelerator="cpu")
+    from vitlab.cli import main
+
+    Image.fromarray(fmnist_test[0][0]).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit):
+        main(["predict", str(trained_ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "p.jsonl"),
+              "--devices", "2", "--threads", "1"])
+    assert "vitlab: error: --threads is for one process" in capsys.readouterr().err
 
 
 class _Terminal(io.StringIO):
@@ -331,3 +338,24 @@ def test_cli_predict_shows_a_bar_on_a_terminal(exported, corpus, tmp_path):
     n = len(files)
     assert child.returncode == 0 and out.startswith(f"vitlab: {n} records") and len(out.splitlines()) == 1
     assert re.search(rf"predict: 100%\|.*\| {n}/{n} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s\]", terminal.decode()), terminal
+
+
+def test_model_threads_are_set_for_the_run_and_ort_threads_do_not_spin(trained_ckpt, exported, fmnist_test):
+    images = list(fmnist_test[0][:6])
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    reference = [r.class_id for r in vitlab.Predictor.load(trained_ckpt).predict(images, num_workers=0)]
+    predictor = vitlab.Predictor.load(trained_ckpt, threads=want)
+    seen, forward = [], predictor.backend.model.forward
+    predictor.backend.model.forward = lambda x: (seen.append(torch.get_num_threads()), forward(x))[1]
+    assert [r.class_id for r in predictor.predict(images, batch_size=4, num_workers=0)] == reference
+    assert seen == [want, want] and torch.get_num_threads() == before  # restored after every batch
+    for threads in (None, want):
+        onnx = vitlab.Predictor.load(exported["fp32"], threads=threads)
+        options = onnx.backend.edge.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == (threads or 0)  # 0: ONNX Runtime's default, one per core
+        assert [r.class_id for r in onnx.predict(images, num_workers=0)] == reference
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(VitlabError, match="threads must be a whole number >= 1"):
+            vitlab.Predictor.load(exported["fp32"], threads=bad)

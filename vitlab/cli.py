@@ -195,6 +195,8 @@ def predict_command(argv: list[str]) -> None:
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--device", default=None, help="torch device for checkpoints (default: cuda if available)")
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+    ap.add_argument("--threads", type=int, default=None, help="the model's CPU threads (default: one per core; "
+                    "a small model on few cores can be faster with cores minus --workers)")
     ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label, or boxes")
     ap.add_argument("--explain", action="store_true", help="attention-rollout heatmaps in the overlays (.ckpt)")
     ap.add_argument("--resume", action="store_true", help="skip inputs already answered in --out")
@@ -230,6 +232,8 @@ def predict_command(argv: list[str]) -> None:
 
         if Path(a.model).suffix == ".onnx":
             raise VitlabError("multi-device prediction runs checkpoints; an .onnx model runs in one process")
+        if a.threads is not None:
+            raise VitlabError("--threads is for one process; each of Lightning's processes takes OMP_NUM_THREADS")
         devices = int(a.devices) if a.devices.isdigit() else a.devices
         part = out.with_name(f".{out.stem}.new.jsonl")  # JSONL keeps every task's fields; read back below
         trained = load_task(a.model)
@@ -245,7 +249,8 @@ def predict_command(argv: list[str]) -> None:
     else:
         from vitlab.inference import Predictor
 
-        predictor = Predictor.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None)
+        predictor = Predictor.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None,
+                                   threads=a.threads)
         task, labels = predictor.task, list(predictor.labels)
         new = (p.to_dict() for p in predictor.stream(todo, a.batch_size, a.workers, a.topk, a.overlays, a.explain,
                                                      progress=None))  # a bar on a terminal, nothing in a pipe
