@@ -102,7 +102,7 @@ def throughput(variants: dict[str, tuple[Predictor, object]], files: list[str], 
                 done += len(decoded)
             model_rate = done / (time.perf_counter() - t)
             t = time.perf_counter()
-            n = sum(1 for r in predictor.stream(files, batch_size=batch, num_workers=workers) if r.error is None)
+            n = sum(1 for p in predictor.stream(files, batch_size=batch, num_workers=workers) if p.error is None)
             pred_rate = n / (time.perf_counter() - t)
             for key, value in (("model", model_rate), ("predictor", pred_rate), ("ratio", pred_rate / model_rate)):
                 seen[name][key].append(value)
