@@ -5,7 +5,7 @@ ONNX Runtime: ``SessionOptions.enable_profiling`` over ``--runs`` runs after the
 kernel time summed by operator type (after ONNX Runtime's own fusions: what actually ran). PyTorch: the self CPU
 time of each aten operator under ``torch.inference_mode``. Shares are of the summed operator time, so they add to
 100 % (the framework's own overhead between operators is the gap to wall time, reported as ``wall_ms``).
-Usage: ``python benchmarks/profile_ops.py [--model vit_small_patch16_224] [--batches 1 8] [--attention onnx]
+Usage: ``python benchmarks/profile_ops.py [--model vit_small_patch16_224] [--batches 1 8] [--attention onnx] [--int8]
 [--runs 20] [--out runs/bench/ops.json]``
 """
 
@@ -29,6 +29,7 @@ from bench_onnx import profiled_kernel_events  # noqa: E402  (benchmarks/ is on 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.onnx.graph import export_graph, rewrite_to_ort_mha  # noqa: E402
+from vitlab.onnx.precision import to_int8  # noqa: E402
 
 
 def shares(totals: dict[str, float], top: int = 10) -> dict[str, float]:
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--model", default="vit_small_patch16_224")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--attention", choices=("onnx", "ort-mha"), default="onnx")
+    ap.add_argument("--int8", action="store_true", help="profile the dynamic int8 graph (vitlab export's default "
+                    "int8) on the ONNX Runtime side")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", default="runs/bench/ops.json")
     args = ap.parse_args()
@@ -90,8 +93,10 @@ def main() -> None:
     graph = export_graph(model)
     if args.attention == "ort-mha":
         graph = rewrite_to_ort_mha(graph)
-    report = {"model": args.model, "attention": args.attention, "torch_threads": torch.get_num_threads(),
-              "batches": {}}
+    if args.int8:
+        graph = to_int8(graph)
+    report = {"model": args.model, "attention": args.attention, "int8": args.int8,
+              "torch_threads": torch.get_num_threads(), "batches": {}}
     c, h, w = model.preprocess.input_size
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
