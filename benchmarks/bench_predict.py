@@ -64,13 +64,13 @@ def onnx_backend(model: torch.nn.Module, path: Path) -> OrtBackend:
 def predictor_variants(model: torch.nn.Module, path: Path, workers: int) -> dict[str, tuple[Predictor, object]]:
     """The Predictor's settings to compare, each with the model-only reference it is divided by: the same runtime
     at its own fastest settings (torch: its default threads; ONNX Runtime: its default session, spinning on)."""
-    import onnxruntime as ort
     from vitlab_edge import EdgeModel
 
     ort_backend = onnx_backend(model, path)
+    reference = EdgeModel(path, providers=["CPUExecutionProvider"])  # ONNX Runtime's default session: spinning
     spinning = OrtBackend(path, providers=["CPUExecutionProvider"])
-    spinning.edge.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the old default
-    ort_ref = EdgeModel(path, providers=["CPUExecutionProvider"]).run
+    spinning.edge = reference  # the Predictor's session before: the same default session
+    ort_ref = reference.run
     torch_ref = TorchBackend(model, "cpu")
     variants = {"torch": (Predictor(torch_ref), torch_ref), "ort": (Predictor(ort_backend), ort_ref),
                 "ort spinning": (Predictor(spinning), ort_ref)}
