@@ -4,12 +4,14 @@
    Predictor's images/s (decode + resize in worker processes, overlapped with inference) against the model-only
    images/s on already-decoded batches of the same size, for the checkpoint (torch) and ONNX backends, measured
    side by side in rotating rounds. Model: vit_small_patch16_224 (random weights: speed does not depend on them;
-   ``--vit-images`` of the photos); the demo model is reported too, where decoding, not the model, sets the pace,
-   and the demo model once more over 10,000 Fashion-MNIST test items saved as 28x28 PNGs (``--png-images``; inputs
-   at the model's own size: decoding costs least). Variants: the Predictor's defaults (``torch``, ``ort``: ONNX
-   Runtime's threads do not spin), ``ort spinning`` (the session defaults, the Predictor's before), and both runtimes
-   with ``cores - workers`` threads; each is divided by its runtime's model-only rate at its fastest settings.
-2. ``stream`` over 20,000 image files: the main process's RSS after 2,000 and after 20,000 results.
+   ``--vit-images`` of the photos in batches of ``--vit-batch``); the demo model is reported too, where decoding,
+   not the model, sets the pace, and the demo model once more over 10,000 Fashion-MNIST test items saved as 28x28
+   PNGs (``--png-images``; inputs at the model's own size: decoding costs least). Variants: the Predictor's
+   defaults (``torch``, ``ort``: ONNX Runtime's threads do not spin; on streams of >= 40 batches a trial picks the
+   model's threads) and both runtimes at fixed counts, no trial: one thread per core (the defaults before the
+   trial) and ``cores - workers``; each is divided by its runtime's model-only rate at its fastest settings.
+2. ``stream`` over 20,000 image files: the main process's RSS after 2,000, 10,000 and 20,000 results (the thread
+   trial's second session, if it makes one, is in place by 10,000).
 3. JPEG draft decoding (``vitlab_edge.imaging.draft_request``: Pillow decodes at 1/2, 1/4 or 1/8 scale in the DCT
    domain, keeping >= DRAFT_MARGIN (4) source pixels per model pixel, before the exact resize) against the full
    decode, for the demo model's 28x28 input: decode + resize images/s of one process, the mean / max |difference|
@@ -42,6 +44,7 @@ from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder  # noqa
 from vitlab.inference import Predictor  # noqa: E402
 from vitlab.inference.backends import OrtBackend, TorchBackend  # noqa: E402
 from vitlab.inference.io import read_image  # noqa: E402
+from vitlab.inference.threads import cpu_cores  # noqa: E402
 from vitlab.onnx.graph import export_graph, model_metadata, set_metadata  # noqa: E402
 
 CACHE = Path("runs/bench")
@@ -63,21 +66,19 @@ def onnx_backend(model: torch.nn.Module, path: Path) -> OrtBackend:
 
 def predictor_variants(model: torch.nn.Module, path: Path, workers: int) -> dict[str, tuple[Predictor, object]]:
     """The Predictor's settings to compare, each with the model-only reference it is divided by: the same runtime
-    at its own fastest settings (torch: its default threads; ONNX Runtime: its default session, spinning on)."""
+    at its own fastest settings (torch: its default threads; ONNX Runtime: its default session, spinning on). The
+    defaults (``torch``, ``ort``) run the Predictor's thread trial (``thread_trial``: what each round's saw, kept)."""
     from vitlab_edge import EdgeModel
 
     ort_backend = onnx_backend(model, path)
-    reference = EdgeModel(path, providers=["CPUExecutionProvider"])  # ONNX Runtime's default session: spinning
-    spinning = OrtBackend(path, providers=["CPUExecutionProvider"])
-    spinning.edge = reference  # the Predictor's session before: the same default session
-    ort_ref = reference.run
+    ort_ref = EdgeModel(path, providers=["CPUExecutionProvider"]).run  # ONNX Runtime's default session: spinning
     torch_ref = TorchBackend(model, "cpu")
-    variants = {"torch": (Predictor(torch_ref), torch_ref), "ort": (Predictor(ort_backend), ort_ref),
-                "ort spinning": (Predictor(spinning), ort_ref)}
-    fewer = (os.cpu_count() or 1) - workers
-    if 1 <= fewer < torch.get_num_threads():
-        variants[f"torch {fewer} thread(s)"] = (Predictor(TorchBackend(model, "cpu", threads=fewer)), torch_ref)
-        variants[f"ort {fewer} thread(s)"] = (Predictor(OrtBackend(path, ["CPUExecutionProvider"], fewer)), ort_ref)
+    variants = {"torch": (Predictor(torch_ref), torch_ref), "ort": (Predictor(ort_backend), ort_ref)}
+    cores = cpu_cores()
+    for n in sorted({cores, cores - workers}, reverse=True):  # fixed counts: no trial (every core: the old default)
+        if n >= 1:
+            variants[f"torch {n} thread(s)"] = (Predictor(TorchBackend(model, "cpu", threads=n)), torch_ref)
+            variants[f"ort {n} thread(s)"] = (Predictor(OrtBackend(path, ["CPUExecutionProvider"], n)), ort_ref)
     return variants
 
 
@@ -88,7 +89,8 @@ def throughput(variants: dict[str, tuple[Predictor, object]], files: list[str], 
     machine is noisy): images/s and the ratio, medians with [min, max] over the rounds (the ratio per round)."""
     pre = next(iter(variants.values()))[0].preprocess
     decoded = np.stack([pre.prepare(read_image(f)) for f in files[: batch * 4]])
-    seen: dict[str, dict[str, list[float]]] = {name: {"model": [], "predictor": [], "ratio": []} for name in variants}
+    seen: dict[str, dict[str, list]] = {name: {"model": [], "predictor": [], "ratio": [], "trial": []}
+                                        for name in variants}
     names = list(variants)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -106,6 +108,7 @@ def throughput(variants: dict[str, tuple[Predictor, object]], files: list[str], 
             pred_rate = n / (time.perf_counter() - t)
             for key, value in (("model", model_rate), ("predictor", pred_rate), ("ratio", pred_rate / model_rate)):
                 seen[name][key].append(value)
+            seen[name]["trial"].append(predictor.thread_trial)
 
     def spread(values: list[float], digits: int) -> list[float]:
         return [round(float(np.median(values)), digits), round(min(values), digits), round(max(values), digits)]
@@ -113,7 +116,7 @@ def throughput(variants: dict[str, tuple[Predictor, object]], files: list[str], 
     return {name: {"images": len(files), "batch": batch, "workers": workers, "rounds": rounds,
                    "backend": variants[name][0].backend.name,
                    "model_only_img_s": spread(v["model"], 1), "predictor_img_s": spread(v["predictor"], 1),
-                   "ratio": spread(v["ratio"], 3)} for name, v in seen.items()}
+                   "ratio": spread(v["ratio"], 3), "thread_trial": v["trial"]} for name, v in seen.items()}
 
 
 def garment_pngs(folder: Path, n: int) -> list[str]:
@@ -134,7 +137,7 @@ def garment_pngs(folder: Path, n: int) -> list[str]:
 def stream_memory(predictor: Predictor, files: list[str], batch: int, workers: int) -> dict:
     marks, t = {}, time.perf_counter()
     for k, _ in enumerate(predictor.stream(files, batch_size=batch, num_workers=workers), 1):
-        if k in (2000, len(files)):
+        if k in (2000, len(files) // 2, len(files)):
             marks[k] = round(rss_mb(), 1)
     return {"inputs": len(files), "rss_mb_at": marks, "seconds": round(time.perf_counter() - t, 1)}
 
@@ -191,7 +194,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the throughput comparison (order rotates)")
-    ap.add_argument("--vit-images", type=int, default=256, help="photos for vit_small (~15 img/s here)")
+    ap.add_argument("--vit-images", type=int, default=320, help="photos for vit_small (~15 img/s here)")
+    ap.add_argument("--vit-batch", type=int, default=8, help="vit_small's batch: 320 / 8 = 40 batches, a stream "
+                    "long enough for the Predictor's thread trial")
     ap.add_argument("--png-images", type=int, default=10000, help="28x28 PNGs for the demo model (~5k img/s)")
     ap.add_argument("--classifier", help="a 28x28 Fashion-MNIST checkpoint for the decode comparison (default: random)")
     ap.add_argument("--out", default=str(CACHE / "predict.json"))
@@ -201,12 +206,13 @@ def main() -> None:
     pngs = garment_pngs(CACHE / "stream_files", max(args.stream, args.png_images))
     report = {"torch_threads": torch.get_num_threads(), "throughput": []}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [("vit_small_patch16_224", "photos", files[:args.vit_images]), ("vitlab_fmnist", "photos", files),
-                ("vitlab_fmnist", "28x28 PNGs", pngs[:args.png_images])]  # inputs at the model's own size
-        for name, inputs, paths in runs:
+        runs = [("vit_small_patch16_224", "photos", files[:args.vit_images], args.vit_batch),
+                ("vitlab_fmnist", "photos", files, args.batch),
+                ("vitlab_fmnist", "28x28 PNGs", pngs[:args.png_images], args.batch)]  # inputs at the model's size
+        for name, inputs, paths, batch in runs:
             model = vitlab.create_model(name, num_classes=10).eval()
             variants = predictor_variants(model, Path(tmp) / f"{name}.onnx", args.workers)
-            for variant, row in throughput(variants, paths, args.batch, args.workers, args.rounds).items():
+            for variant, row in throughput(variants, paths, batch, args.workers, args.rounds).items():
                 row = {"model": name, "inputs": inputs, "variant": variant, **row}
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)

@@ -359,3 +359,87 @@ def test_model_threads_are_set_for_the_run_and_ort_threads_do_not_spin(trained_c
     for bad in (0, -2, 1.5, True):
         with pytest.raises(VitlabError, match="threads must be a whole number >= 1"):
             vitlab.Predictor.load(exported["fp32"], threads=bad)
+
+
+class _Counted:
+    """A backend that counts its batches."""
+
+    def __init__(self, backend):
+        self.inner, self.calls = backend, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, batch):
+        self.calls += 1
+        return self.inner(batch)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize(("decode_share", "seconds", "choice", "fewer_batches"), [
+    (0.05, (1.0, 1.0), 0, 0),   # decoding is a small share: the model keeps every core, no trial block
+    (0.6, (1.0, 0.7), 1, 10),   # decode-heavy and fewer threads faster: confirmed by a second pair, kept
+    (0.6, (1.0, 1.1), 0, 10),   # a little slower: the second pair decides, back to the default
+    (0.6, (1.0, 1.5), 0, 5),    # a clear loss (0.67x): decided after one block
+])
+def test_thread_trial_keeps_the_faster_option_and_skips_when_decoding_is_cheap(monkeypatch, decode_share, seconds,
+                                                                               choice, fewer_batches):
+    from vitlab.inference import threads
+
+    clock = _Clock()
+    monkeypatch.setattr(threads.time, "perf_counter", clock)
+    made = []  # the second backend is built only when the trial first needs it
+    trial = threads.ThreadTrial("default", lambda: made.append(1) or "fewer", workers=1, warmup=2, block_batches=4,
+                                block_seconds=0.0)
+    ran, decided_at = [], None
+    for _ in range(60):
+        option = trial.backend()
+        ran.append(option)
+        batch_s = 0.01 * seconds[option == "fewer"]  # seconds per batch of 32 images under each option
+        clock.now += batch_s
+        trial.record(32, decode_share * batch_s)
+        decided_at = decided_at or (len(ran) if trial.decided else None)
+    assert trial.decided and trial.choice == choice and trial.backend() == ("default", "fewer")[choice]
+    assert ran[:decided_at].count("fewer") == fewer_batches and ran[:7] == ["default"] * 7  # warm-up, default block
+    assert ran[decided_at:] == [("default", "fewer")[choice]] * (60 - decided_at)
+    assert len(made) == int(fewer_batches > 0)
+    assert trial.decode_share == pytest.approx(decode_share) and (trial.rates is not None) == (fewer_batches > 0)
+
+
+def test_thread_trial_runs_both_thread_counts_with_the_same_answers(trained_ckpt, exported, fmnist_test, monkeypatch):
+    """On CPU at default threads with decode workers, a long stream tries cores - workers threads on its own batches
+    (the trial's thresholds lowered here so that it runs on any machine) and every answer stays the same."""
+    import functools
+
+    from vitlab.inference import predictor as predictor_module
+    from vitlab.inference import threads
+
+    if threads.cpu_cores() < 2:
+        pytest.skip("one core: no spare core for the decode worker")
+    monkeypatch.setattr(threads, "MIN_DECODE_SHARE", 0.0)
+    monkeypatch.setattr(predictor_module, "ThreadTrial", functools.partial(threads.ThreadTrial, block_seconds=0.0))
+    images = list(fmnist_test[0][:48])
+    for path in (trained_ckpt, exported["fp32"]):
+        reference = vitlab.Predictor.load(path, threads=1).predict(images, batch_size=1, num_workers=1)
+        predictor = vitlab.Predictor.load(path)
+        fewer = threads.cpu_cores() - 1
+        predictor.backend = _Counted(predictor.backend)
+        predictor._fewer = counted = _Counted(predictor.backend.inner.with_threads(fewer))  # taken, not rebuilt
+        out = predictor.predict(images, batch_size=1, num_workers=1)
+        assert [r.class_id for r in out] == [r.class_id for r in reference]
+        assert np.allclose([r.prob for r in out], [r.prob for r in reference], atol=1e-5)
+        assert predictor.backend.calls >= 12 and counted.calls >= 5  # both ran their blocks
+        report = predictor.thread_trial
+        kept, rates = report["threads"], report["img_s"]
+        assert kept in (None, fewer) and predictor._fewer is (counted if kept else None)  # the loser is let go
+        assert len(rates) == 2 and kept == (fewer if rates[1] > rates[0] else None) and report["decode_share"] > 0
+        fixed = vitlab.Predictor.load(path, threads=2)
+        fixed.predict(images, batch_size=1, num_workers=1)
+        assert fixed._fewer is None and fixed.thread_trial is None  # a count the user set is kept: no trial

@@ -195,8 +195,8 @@ def predict_command(argv: list[str]) -> None:
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--device", default=None, help="torch device for checkpoints (default: cuda if available)")
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
-    ap.add_argument("--threads", type=int, default=None, help="the model's CPU threads (default: one per core; "
-                    "a small model on few cores can be faster with cores minus --workers)")
+    ap.add_argument("--threads", type=int, default=None, help="the model's CPU threads (default: one per core, "
+                    "or cores minus --workers where a trial on the first batches measures that faster)")
     ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label, or boxes")
     ap.add_argument("--explain", action="store_true", help="attention-rollout heatmaps in the overlays (.ckpt)")
     ap.add_argument("--resume", action="store_true", help="skip inputs already answered in --out")

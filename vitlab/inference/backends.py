@@ -9,9 +9,8 @@ prepares pixels identically for either, and the edge kit's record decoder (``vit
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,10 +19,15 @@ import numpy as np
 from vitlab_edge.metadata import TASK_KEYS
 
 from vitlab.errors import VitlabError
+from vitlab.inference.threads import check_threads, torch_threads
 from vitlab.preprocess import PreprocessCfg
 
 
 class Backend(Protocol):
+    """What the Predictor runs. ``TorchBackend`` and ``OrtBackend`` also have ``threads`` (None: the runtime's
+    default), ``on_cpu`` and ``with_threads(n)`` (the same model with ``n`` intra-op threads), which the Predictor's
+    thread trial needs; a backend without them runs as it is."""
+
     preprocess: PreprocessCfg
     name: str
 
@@ -85,6 +89,14 @@ class TorchBackend:
         _torch_task(model)
         self.name = f"torch[{self.device}]"
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def with_threads(self, threads: int) -> TorchBackend:
+        """The same model (shared, not copied) run with ``threads`` intra-op threads."""
+        return TorchBackend(self.model, str(self.device), self.options, threads)
+
     @classmethod
     def from_task(cls, task, device: str | None = None, threads: int | None = None) -> TorchBackend:
         """The backend of a trained task (``vitlab.load``), with its inference options."""
@@ -100,27 +112,6 @@ class TorchBackend:
 
         with torch_threads(self.threads):
             return attention_rollout(self.model, batch, self.device)
-
-
-def check_threads(threads: int | None) -> int | None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise VitlabError(f"threads must be a whole number >= 1 (or None for the runtime's default), got {threads!r}")
-    return threads
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` for the block (None: unchanged), then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -148,9 +139,10 @@ class OrtBackend:
         from vitlab_edge import EdgeModel, ModelFormatError
         from vitlab_edge.session import import_onnxruntime
 
+        self.path, self.threads = Path(path), check_threads(threads)
         options = import_onnxruntime().SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if check_threads(threads) is not None:
+        if threads is not None:
             options.intra_op_num_threads = threads
         try:
             self.edge = EdgeModel(path, providers=providers, session_options=options)
@@ -162,6 +154,14 @@ class OrtBackend:
                                                    "task": self.edge.task})
         self.name = f"onnxruntime[{self.edge.providers[0]}]"
         self._outputs = list(self.edge.decoder.outputs)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.edge.providers[0] == "CPUExecutionProvider"
+
+    def with_threads(self, threads: int) -> OrtBackend:
+        """A second session of the same file with ``threads`` intra-op threads (a session's count is fixed)."""
+        return OrtBackend(self.path, self.edge.providers, threads)
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.edge.run(np.ascontiguousarray(batch), self._outputs)  # what the records need only

@@ -27,6 +27,7 @@ from vitlab_edge.progress import Progress
 from vitlab.errors import VitlabError
 from vitlab.inference.backends import Backend, load_backend
 from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError
+from vitlab.inference.threads import ThreadTrial, cpu_cores
 from vitlab.preprocess import PreprocessCfg
 
 
@@ -70,6 +71,7 @@ class DetectionPrediction:
         return asdict(self)
 
 
+MIN_TRIAL_BATCHES = 40  # a stream of fewer batches keeps the model's default threads (no thread trial)
 RESULT_TYPES = {"classification": Prediction, "detection": DetectionPrediction}  # PreprocessCfg.task -> result
 
 
@@ -90,8 +92,9 @@ def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: 
 
 
 class DecodeDataset:
-    """Inputs -> ``(index, source, CHW uint8 | None, error | None, decode seconds, decoded (h, w) | None)``; runs in
-    DataLoader workers. The decoded size (EXIF applied) is what detection boxes map back to."""
+    """Inputs -> ``(index, source, CHW uint8 | None, error | None, decode seconds, decoded (h, w) | None, decode CPU
+    seconds)``; runs in DataLoader workers. The decoded size (EXIF applied) is what detection boxes map back to; the
+    CPU seconds (the worker thread's own, without the time other processes held its core) feed the thread trial."""
 
     def __init__(self, items: list[Any], preprocess: PreprocessCfg,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -101,29 +104,30 @@ class DecodeDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float, tuple[int, int] | None]:
-        t = time.perf_counter()
-        item = self.items[i]
+    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None, float,
+                                           tuple[int, int] | None, float]:
+        t, cpu = time.perf_counter(), time.thread_time()
+        item, chw, hw, error = self.items[i], None, None, None
         source = describe_input(item, i)
         try:
             hwc = to_hwc_uint8(item, self.max_pixels, self.draft)
-            chw = self.preprocess.prepare(hwc)
-            return i, source, chw, None, time.perf_counter() - t, (int(hwc.shape[0]), int(hwc.shape[1]))
+            chw, hw = self.preprocess.prepare(hwc), (int(hwc.shape[0]), int(hwc.shape[1]))
         except ImageReadError as e:
-            return i, source, None, e.reason, time.perf_counter() - t, None
+            error = e.reason
         except Exception as e:  # noqa: BLE001 - never stop the batch: anything unexpected becomes that input's error
-            return i, source, None, f"{type(e).__name__}: {e}", time.perf_counter() - t, None
+            error = f"{type(e).__name__}: {e}"
+        return i, source, chw, error, time.perf_counter() - t, hw, time.thread_time() - cpu
 
 
 def collate_decoded(samples: list) -> dict[str, Any]:
     """Decoded samples -> ``{"index", "source", "image" (uint8 [M, C, H, W] of the good ones, or None), "ok",
-    "error", "decode_s", "orig_hw"}``; ``ok[k]`` says whether sample k is in ``image``, ``orig_hw[k]`` is its
-    decoded ``(h, w)`` (None for an error)."""
+    "error", "decode_s", "orig_hw", "decode_cpu_s"}``; ``ok[k]`` says whether sample k is in ``image``,
+    ``orig_hw[k]`` is its decoded ``(h, w)`` (None for an error), ``decode_cpu_s`` the batch's decode CPU seconds."""
     good = [s[2] for s in samples if s[2] is not None]
     return {"index": [s[0] for s in samples], "source": [s[1] for s in samples],
             "image": np.stack(good) if good else None, "ok": [s[2] is not None for s in samples],
             "error": [s[3] for s in samples], "decode_s": [s[4] for s in samples],
-            "orig_hw": [s[5] for s in samples]}
+            "orig_hw": [s[5] for s in samples], "decode_cpu_s": sum(s[6] for s in samples)}
 
 
 def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[str, np.ndarray]],
@@ -173,6 +177,8 @@ class Predictor:
 
     def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.backend, self.max_pixels = backend, max_pixels
+        self._fewer: Backend | None = None  # the backend with cores - workers threads, once a thread trial ran
+        self.thread_trial: dict[str, Any] | None = None  # what the last stream's thread trial saw and kept
         if self.task not in RESULT_TYPES:
             raise VitlabError(f"no batch inference for task {self.task!r}; supported: {', '.join(RESULT_TYPES)}")
 
@@ -185,9 +191,11 @@ class Predictor:
              max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int | None = None) -> Predictor:
         """A Predictor for a Lightning checkpoint (torch on ``device``) or an exported ``.onnx`` (``providers``).
 
-        ``threads``: the model's intra-op threads on CPU (default: one per core). The decode workers share the
-        cores with them; for a small model whose decoding sets the pace, ``cores - num_workers`` can be faster (the
-        demo model in torch on 2 cores: 1.2-1.3x with 1 thread), for a large one it is slower (vit_small: 0.5x)."""
+        ``threads``: the model's intra-op threads on CPU. Default: chosen per stream, because the decode workers
+        share the cores with them: one per core, or ``cores - num_workers`` when a trial on the stream's first
+        batches measures that faster (decoding sets the pace: a small model, or large files for a small input;
+        ``vitlab.inference.threads.ThreadTrial``); ``thread_trial`` tells what the last stream's trial saw and
+        kept. A number fixes the count (no trial)."""
         return cls(load_backend(path, device=device, providers=providers, threads=threads), max_pixels)
 
     @property
@@ -226,21 +234,45 @@ class Predictor:
             raise VitlabError(f"explain (attention rollout) is for {', '.join(EXPLAIN_TASKS)} models, not "
                               f"{self.task}; use --overlays alone")
         loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels)
+        trial, self.thread_trial = self._thread_trial(loader.num_workers, len(loader)), None
         with Progress(len(loader.dataset), "predict", progress=progress) as bar:
             for batch in loader:
-                preds = self._run(batch, topk, out, explain)
+                preds = self._run(batch, topk, out, explain, trial.backend() if trial else self.backend)
                 bar.update(len(preds))
                 yield from preds
+                if trial and not trial.decided:
+                    trial.record(len(preds), batch["decode_cpu_s"])
+                    if trial.decided:
+                        self.thread_trial = {"decode_share": round(trial.decode_share, 3),
+                                             "img_s": trial.rates and [round(r, 1) for r in trial.rates],
+                                             "threads": trial.backend().threads}
+                        self._fewer = self._fewer if trial.choice else None  # the unused session goes back
 
     def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,
                 num_workers: int | None = None) -> list[Prediction]:
         """Predictions plus attention-rollout overlays (PNG) in ``out_dir``, one per image (``overlay`` field)."""
         return self.predict(source, batch_size, num_workers, topk, overlays=out_dir, explain=True)
 
-    def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool) -> list[Prediction]:
-        preds = batch_predictions(batch, self.backend, self.preprocess, topk)
+    def _thread_trial(self, workers: int, batches: int) -> ThreadTrial | None:
+        """A ``ThreadTrial`` when the model runs on CPU at the runtime's default threads (None: the user's count is
+        kept) beside decode workers, over a stream long enough to gain from it."""
+        fewer = cpu_cores() - workers
+        if (workers < 1 or fewer < 1 or batches < MIN_TRIAL_BATCHES or not hasattr(self.backend, "with_threads")
+                or self.backend.threads is not None or not self.backend.on_cpu):
+            return None
+        return ThreadTrial(self.backend, lambda: self._with_threads(fewer), workers)
+
+    def _with_threads(self, threads: int) -> Backend:
+        """The backend with ``threads`` intra-op threads, built once and kept for later streams."""
+        if self._fewer is None or self._fewer.threads != threads:
+            self._fewer = self.backend.with_threads(threads)
+        return self._fewer
+
+    def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool,
+             backend: Backend) -> list[Prediction]:
+        preds = batch_predictions(batch, backend, self.preprocess, topk)
         if overlays is not None and batch["image"] is not None:
-            maps = self.backend.attention_maps(batch["image"]) if explain else None
+            maps = backend.attention_maps(batch["image"]) if explain else None
             good = [(p, hw) for p, hw in zip(preds, batch["orig_hw"]) if p.error is None]
             draw = OVERLAYS[self.task]
             for k, ((pred, hw), image) in enumerate(zip(good, batch["image"])):
