@@ -243,9 +243,7 @@ class Predictor:
                 if trial and not trial.decided:
                     trial.record(len(preds), batch["decode_cpu_s"])
                     if trial.decided:
-                        self.thread_trial = {"decode_share": round(trial.decode_share, 3),
-                                             "img_s": trial.rates and [round(r, 1) for r in trial.rates],
-                                             "threads": trial.backend().threads}
+                        self.thread_trial = trial.report()
                         self._fewer = self._fewer if trial.choice else None  # the unused session goes back
 
     def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,

@@ -83,6 +83,12 @@ class ThreadTrial:
             self.options[option] = self._fewer()
         return self.options[option]
 
+    def report(self) -> dict[str, Any]:
+        """What the trial saw and kept: ``decode_share``, ``img_s`` (default, fewer; None when it stopped at the
+        first block) and ``threads`` (the kept backend's count, None: the runtime's default)."""
+        return {"decode_share": None if self.decode_share is None else round(self.decode_share, 3),
+                "img_s": self.rates and [round(r, 1) for r in self.rates], "threads": self.backend().threads}
+
     def record(self, images: int, decode_cpu_seconds: float) -> None:
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
