@@ -362,13 +362,17 @@ def test_model_threads_are_set_for_the_run_and_ort_threads_do_not_spin(trained_c
 
 
 class _Counted:
-    """A backend that counts its batches."""
+    """A backend that counts its batches; the backend ``with_threads`` gives is counted too (kept as ``fewer``)."""
 
     def __init__(self, backend):
-        self.inner, self.calls = backend, 0
+        self.inner, self.calls, self.fewer = backend, 0, None
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+    def with_threads(self, threads):
+        self.fewer = _Counted(self.inner.with_threads(threads))
+        return self.fewer
 
     def __call__(self, batch):
         self.calls += 1
@@ -431,15 +435,19 @@ def test_thread_trial_runs_both_thread_counts_with_the_same_answers(trained_ckpt
         predictor = vitlab.Predictor.load(path)
         fewer = threads.cpu_cores() - 1
         predictor.backend = _Counted(predictor.backend)
-        predictor._fewer = counted = _Counted(predictor.backend.inner.with_threads(fewer))  # taken, not rebuilt
-        out = predictor.predict(images, batch_size=1, num_workers=1)
+        stream = predictor.stream(images, batch_size=1, num_workers=1)
+        out = [next(stream) for _ in images]  # the stream is not finished: its trial is still there to look at
+        trial = stream.gi_frame.f_locals["trial"]
         assert [r.class_id for r in out] == [r.class_id for r in reference]
         assert np.allclose([r.prob for r in out], [r.prob for r in reference], atol=1e-5)
-        assert predictor.backend.calls >= 12 and counted.calls >= 5  # both ran their blocks
+        counted = predictor.backend.fewer
+        assert predictor.backend.calls >= 12 and counted.calls >= 5 and counted.threads == fewer  # both ran blocks
         report = predictor.thread_trial
         kept, rates = report["threads"], report["img_s"]
-        assert kept in (None, fewer) and predictor._fewer is (counted if kept else None)  # the loser is let go
+        assert kept in (None, fewer) and trial.options[1] is (counted if kept else None)  # the loser is let go
+        assert next(stream, None) is None
         assert len(rates) == 2 and kept == (fewer if rates[1] > rates[0] else None) and report["decode_share"] > 0
         fixed = vitlab.Predictor.load(path, threads=2)
+        fixed.backend = _Counted(fixed.backend)
         fixed.predict(images, batch_size=1, num_workers=1)
-        assert fixed._fewer is None and fixed.thread_trial is None  # a count the user set is kept: no trial
+        assert fixed.backend.fewer is None and fixed.thread_trial is None  # a count the user set is kept: no trial

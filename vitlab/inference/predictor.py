@@ -177,7 +177,6 @@ class Predictor:
 
     def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.backend, self.max_pixels = backend, max_pixels
-        self._fewer: Backend | None = None  # the backend with cores - workers threads, once a thread trial ran
         self.thread_trial: dict[str, Any] | None = None  # what the last stream's thread trial saw and kept
         if self.task not in RESULT_TYPES:
             raise VitlabError(f"no batch inference for task {self.task!r}; supported: {', '.join(RESULT_TYPES)}")
@@ -244,7 +243,6 @@ class Predictor:
                     trial.record(len(preds), batch["decode_cpu_s"])
                     if trial.decided:
                         self.thread_trial = trial.report()
-                        self._fewer = self._fewer if trial.choice else None  # the unused session goes back
 
     def explain(self, source: Any, out_dir: str | os.PathLike, batch_size: int = 32, topk: int = 5,
                 num_workers: int | None = None) -> list[Prediction]:
@@ -253,18 +251,13 @@ class Predictor:
 
     def _thread_trial(self, workers: int, batches: int) -> ThreadTrial | None:
         """A ``ThreadTrial`` when the model runs on CPU at the runtime's default threads (None: the user's count is
-        kept) beside decode workers, over a stream long enough to gain from it."""
+        kept) beside decode workers, over a stream long enough to gain from it. Its ``cores - workers`` backend is
+        the stream's own: built if the trial gets that far, let go by the trial if it loses."""
         fewer = cpu_cores() - workers
         if (workers < 1 or fewer < 1 or batches < MIN_TRIAL_BATCHES or not hasattr(self.backend, "with_threads")
                 or self.backend.threads is not None or not self.backend.on_cpu):
             return None
-        return ThreadTrial(self.backend, lambda: self._with_threads(fewer), workers)
-
-    def _with_threads(self, threads: int) -> Backend:
-        """The backend with ``threads`` intra-op threads, built once and kept for later streams."""
-        if self._fewer is None or self._fewer.threads != threads:
-            self._fewer = self.backend.with_threads(threads)
-        return self._fewer
+        return ThreadTrial(self.backend, lambda: self.backend.with_threads(fewer), workers)
 
     def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool,
              backend: Backend) -> list[Prediction]:
