@@ -17,7 +17,11 @@
    decode, for the demo model's 28x28 input: decode + resize images/s of one process, the mean / max |difference|
    of the model inputs, and the top-1 agreement of a classifier on the photos and on Fashion-MNIST test items saved
    as JPEGs of 84-448 px (with its accuracy both ways). ``--classifier CKPT`` (e.g. the demo's) gives a trained
-   model; without it a random-initialised one.
+   model; without it a random-initialised one. Also, on those sets, 2,000 of the 28x28 PNGs and ``--camera-images``
+   12 MP JPEGs with EXIF blocks (``camera_jpegs``; the draft comparison too), the full decode
+   (``read_image``: EXIF orientation applied in place) against the same decode with the orientation applied on a
+   copy (``orientation_on_a_copy``, the path before 2026-12-01): images/s of both and ``in_place_speedup``; the
+   inputs must be identical.
 Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--rounds 3] [--classifier CKPT]
 [--out runs/bench/predict.json]``
 """
@@ -25,10 +29,12 @@ Usage: ``python benchmarks/bench_predict.py [--images 2000] [--stream 20000] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -39,7 +45,7 @@ import torch  # noqa: E402
 from vitlab_edge.imaging import draft_request  # noqa: E402
 
 import vitlab  # noqa: E402
-from vitlab._fs import atomic_write_json  # noqa: E402
+from vitlab._fs import atomic_write, atomic_write_json  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder  # noqa: E402
 from vitlab.inference import Predictor  # noqa: E402
 from vitlab.inference.backends import OrtBackend, TorchBackend  # noqa: E402
@@ -48,6 +54,7 @@ from vitlab.inference.threads import cpu_cores  # noqa: E402
 from vitlab.onnx.graph import export_graph, model_metadata, set_metadata  # noqa: E402
 
 CACHE = Path("runs/bench")
+DECODE_ROUNDS = 4  # passes of each decoding over a set, interleaved in rotating order (the machine is noisy)
 
 
 def rss_mb() -> float:
@@ -158,26 +165,69 @@ def garment_jpegs(folder: Path, n: int) -> tuple[list[str], np.ndarray]:
     return files, labels[:n].astype(np.int64)
 
 
+def camera_jpegs(folder: Path, n: int) -> list[str]:
+    """``n`` 4000x3000 JPEGs with an EXIF block, as cameras write them (orientation 1, or 6 on every fourth: stored
+    on its side, shown upright), upscaled from scikit-image's photos: the size of users' own photos."""
+    from PIL import Image
+
+    from vitlab.data.datasets import skimage_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos, files = skimage_photos(), []
+    for i in range(n):
+        f = folder / f"camera_{i:03d}.jpg"
+        if not f.exists():
+            exif = Image.Exif()
+            exif[0x010F], exif[0x0112] = "vitlab bench", 6 if i % 4 == 3 else 1  # Make, Orientation
+            image = Image.fromarray(photos[i % len(photos)]).convert("RGB")
+            image = image.resize((4000, 3000), Image.Resampling.BICUBIC)
+            block = exif.tobytes()
+            atomic_write(f, lambda p, im=image, e=block: im.save(p, format="JPEG", quality=90, exif=e))
+        files.append(str(f))
+    return files
+
+
+@contextlib.contextmanager
+def orientation_on_a_copy() -> Iterator[None]:
+    """``read_image`` as it was before 2026-12-01 for the block: EXIF orientation applied on a copy (Pillow's
+    ``exif_transpose`` default, what a caller's in-memory image still gets), a copy of the whole image even when
+    nothing turns; everything else as it is now."""
+    from vitlab_edge import imaging
+
+    upright = imaging._upright
+    imaging._upright = lambda img, in_place=False: upright(img, in_place=False)
+    try:
+        yield
+    finally:
+        imaging._upright = upright
+
+
 def decode_compare(model: torch.nn.Module, sets: dict[str, tuple[list[str], np.ndarray | None]]) -> list[dict]:
-    """Full vs draft JPEG decoding into ``model``'s input: speed (interleaved halves), input difference, top-1."""
+    """Full vs draft JPEG decoding into ``model``'s input: speed (interleaved rounds), input difference, top-1; and
+    the full decode against itself with ``orientation_on_a_copy``: speed, and the inputs identical."""
     pre = model.preprocess
     draft = draft_request(pre.image_size, pre.resize, pre.crop_pct)
+    decoders = {"full": read_image, "draft": lambda f: read_image(f, draft=draft), "copy": read_image}
     rows = []
     for name, (files, labels) in sets.items():
-        inputs, seconds = {}, {"full": 0.0, "draft": 0.0}
-        for mode in ("full", "draft", "full", "draft"):  # two rounds each, interleaved: the machine is noisy
-            t = time.perf_counter()
-            inputs[mode] = np.stack([pre.prepare(read_image(f, draft=draft if mode == "draft" else None))
-                                     for f in files])
-            seconds[mode] += time.perf_counter() - t
+        inputs, seconds = {}, {mode: 0.0 for mode in decoders}
+        modes = list(decoders)
+        for mode in [m for r in range(DECODE_ROUNDS) for m in modes[r % len(modes):] + modes[:r % len(modes)]]:
+            with orientation_on_a_copy() if mode == "copy" else contextlib.nullcontext():
+                t = time.perf_counter()
+                inputs[mode] = np.stack([pre.prepare(decoders[mode](f)) for f in files])
+                seconds[mode] += time.perf_counter() - t
+        assert np.array_equal(inputs.pop("copy"), inputs["full"]), f"{name}: in-place orientation changed pixels"
         diff = np.abs(inputs["full"].astype(np.int16) - inputs["draft"].astype(np.int16))
         with torch.inference_mode():
             top1 = {m: torch.cat([model(torch.from_numpy(x[i:i + 256])).argmax(1)
                                   for i in range(0, len(x), 256)]).numpy() for m, x in inputs.items()}
         row = {"set": name, "images": len(files), "draft_request": list(draft),
-               "full_img_s": round(2 * len(files) / seconds["full"], 1),
-               "draft_img_s": round(2 * len(files) / seconds["draft"], 1),
+               "full_img_s": round(DECODE_ROUNDS * len(files) / seconds["full"], 1),
+               "draft_img_s": round(DECODE_ROUNDS * len(files) / seconds["draft"], 1),
                "speedup": round(seconds["full"] / seconds["draft"], 2),
+               "copy_img_s": round(DECODE_ROUNDS * len(files) / seconds["copy"], 1),
+               "in_place_speedup": round(seconds["copy"] / seconds["full"], 2),
                "input_mean_abs_diff": round(float(diff.mean()), 3), "input_max_abs_diff": int(diff.max()),
                "top1_agreement": round(float((top1["full"] == top1["draft"]).mean()), 4)}
         if labels is not None:
@@ -198,6 +248,7 @@ def main() -> None:
     ap.add_argument("--vit-batch", type=int, default=8, help="vit_small's batch: 320 / 8 = 40 batches, a stream "
                     "long enough for the Predictor's thread trial")
     ap.add_argument("--png-images", type=int, default=10000, help="28x28 PNGs for the demo model (~5k img/s)")
+    ap.add_argument("--camera-images", type=int, default=24, help="12 MP JPEGs for the decode comparison")
     ap.add_argument("--classifier", help="a 28x28 Fashion-MNIST checkpoint for the decode comparison (default: random)")
     ap.add_argument("--out", default=str(CACHE / "predict.json"))
     args = ap.parse_args()
@@ -222,8 +273,10 @@ def main() -> None:
     print(json.dumps(report["stream"]))
     demo = (vitlab.load(args.classifier).model if args.classifier
             else vitlab.create_model("vitlab_fmnist", num_classes=10)).eval()
-    report["draft_decoding"] = decode_compare(demo, {"photos": (files, None),
-                                                     "garments": garment_jpegs(CACHE / "garments", 2000)})
+    report["draft_decoding"] = decode_compare(demo, {
+        "photos": (files, None), "garments": garment_jpegs(CACHE / "garments", 2000),
+        "28x28 PNGs": (pngs[:2000], fashion_mnist_arrays("test")[1][:2000].astype(np.int64)),  # no draft: PNG
+        "camera JPEGs": (camera_jpegs(CACHE / "camera", args.camera_images), None)})
     atomic_write_json(args.out, report)
     print(f"-> {args.out}")
 

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vitlab.inference.io import ImageReadError, read_image
+from vitlab.inference.predictor import to_hwc_uint8
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -55,6 +56,49 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     out = read_image(_save(tmp_path, "o.jpg", img, exif=exif, quality=95))
     assert out.shape == (16, 12, 3)
+
+
+def _exif6() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif.tobytes()
+
+
+def _png_text(key: str, value: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt(key, value) if key.startswith("XML") else info.add_text(key, value)
+    return {"pnginfo": info}
+
+
+XMP6 = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("name,kw", [  # every place Pillow reads an orientation from, in formats whose loaders
+    ("exif.png", lambda: {"exif": _exif6()}),  # differ: read_image turns its own file in place, no copy
+    ("raw_profile.png", lambda: _png_text("Raw profile type exif",
+                                          f"\nexif\n{len(_exif6()):8}\n{_exif6().hex()}\n")),
+    ("xmp.png", lambda: _png_text("XML:com.adobe.xmp", XMP6)),
+    ("exif.jpg", lambda: {"exif": _exif6(), "quality": 95}),
+    ("exif.webp", lambda: {"exif": _exif6(), "lossless": True}),
+    ("tag.tif", lambda: {"tiffinfo": {0x0112: 6}}),
+])
+def test_orientation_from_every_source_pillow_reads(tmp_path, name, kw):
+    path = _save(tmp_path, name, Image.fromarray(RGB), **kw())
+    with Image.open(path) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img))
+    out = read_image(path)
+    assert out.shape == (16, 12, 3) and np.array_equal(out, expected)
+
+
+def test_orientation_of_an_in_memory_image_is_applied_to_a_copy():
+    img = Image.fromarray(RGB)
+    img.getexif()[0x0112] = 6
+    out = to_hwc_uint8(img)
+    assert out.shape == (16, 12, 3) and np.array_equal(out, np.rot90(RGB, -1))
+    assert img.size == (16, 12) and img.getexif()[0x0112] == 6 and np.array_equal(np.asarray(img), RGB)  # unchanged
 
 
 @pytest.mark.parametrize("name,content,reason", [
