@@ -151,7 +151,7 @@ def decode_pil(img, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | o
 def _upright(img, in_place: bool = False):
     """EXIF orientation applied; a damaged EXIF block leaves the pixels as stored rather than losing the image.
     ``in_place`` for an image nobody else holds: Pillow copies the whole image otherwise, even when there is nothing
-    to turn (a 28x28 PNG decodes in ~69 instead of ~79 us, a photo in ~0.9 instead of ~1.2 ms)."""
+    to turn (36 MB for a 12 MP photo; ``benchmarks/bench_predict.py`` compares both)."""
     from PIL import ImageOps
 
     try:
