@@ -46,7 +46,7 @@ from vitlab_edge.imaging import draft_request  # noqa: E402
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write, atomic_write_json  # noqa: E402
-from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder  # noqa: E402
+from vitlab.data.datasets import fashion_mnist_arrays, make_photo_folder, skimage_photos  # noqa: E402
 from vitlab.inference import Predictor  # noqa: E402
 from vitlab.inference.backends import OrtBackend, TorchBackend  # noqa: E402
 from vitlab.inference.io import read_image  # noqa: E402
@@ -169,8 +169,6 @@ def camera_jpegs(folder: Path, n: int) -> list[str]:
     """``n`` 4000x3000 JPEGs with an EXIF block, as cameras write them (orientation 1, or 6 on every fourth: stored
     on its side, shown upright), upscaled from scikit-image's photos: the size of users' own photos."""
     from PIL import Image
-
-    from vitlab.data.datasets import skimage_photos
 
     folder.mkdir(parents=True, exist_ok=True)
     photos, files = skimage_photos(), []
