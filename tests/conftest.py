@@ -12,21 +12,54 @@ REPO = Path(__file__).resolve().parent.parent
 VITLAB = [sys.executable, "-m", "vitlab"]
 
 
+# CI (``CI=true``) and `make test` / .ci/run (``VITLAB_REQUIRE_DATA=1``) turn a missing data set into a failure:
+# a run that skipped the tests needing it must not pass. Elsewhere such tests skip, with the same one line.
+REQUIRE_DATA = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
+                or os.environ.get("VITLAB_REQUIRE_DATA", "") not in ("", "0"))
+FMNIST_MISSING = ("Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist`, or set VITLAB_DATA to the "
+                  "folder holding its four IDX files")
+
+
 def _fmnist_available() -> bool:
     from vitlab.data.datasets import _find_fmnist
 
     return _find_fmnist(None) is not None
 
 
-needs_fmnist = pytest.mark.skipif(not _fmnist_available(),
-                                  reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def require_fmnist() -> None:
+    """Skip (locally) or fail (CI, VITLAB_REQUIRE_DATA=1) the running test when Fashion-MNIST is missing."""
+    if _fmnist_available():
+        return
+    if REQUIRE_DATA:
+        pytest.fail(f"{FMNIST_MISSING} (CI / VITLAB_REQUIRE_DATA=1: missing data fails the run)", pytrace=False)
+    pytest.skip(FMNIST_MISSING)
+
+
+# a test (or module: ``pytestmark = needs_fmnist``) that reads Fashion-MNIST; checked before its fixtures run
+needs_fmnist = pytest.mark.fmnist
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fmnist: reads Fashion-MNIST (skips without it; fails under CI)")
+
+
+def pytest_report_header(config):
+    from vitlab.data.datasets import _find_fmnist
+
+    found = _find_fmnist(None)
+    return f"Fashion-MNIST: {found}" if found else (
+        f"Fashion-MNIST: missing, tests that read it {'FAIL' if REQUIRE_DATA else 'skip'} ({FMNIST_MISSING})")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("fmnist") is not None:
+        require_fmnist()
 
 
 @pytest.fixture(scope="session")
 def fmnist_test():
     """The official 10k Fashion-MNIST test split: real images for every test that needs pixels."""
-    if not _fmnist_available():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    require_fmnist()
     from vitlab.data.datasets import fashion_mnist_arrays
 
     return fashion_mnist_arrays("test")

@@ -44,8 +44,10 @@ OVERRIDES = {
                          "--data.init_args.val_annotations={scenes}/annotations/val.json",
                          "--data.init_args.batch_size=1",  # ViT-S/16 and its pyramid at 256 px, not 640: seconds
                          "--model.init_args.model_options={{img_size: 256, drop_path_rate: 0.1}}"],
+    "detect/coco_small.yaml": ["--data.init_args.train_images={scenes}/train",
+                               "--data.init_args.train_annotations={scenes}/annotations/train.json",
+                               "--data.init_args.batch_size=2"],
 }
-pytestmark = needs_fmnist
 
 
 def shipped_configs() -> list[str]:
@@ -95,6 +97,7 @@ def mae(tmp_path_factory):
     return path
 
 
+@needs_fmnist
 @pytest.mark.parametrize("config", sorted(OVERRIDES))
 def test_config_fits_through_the_real_cli(config, own_data, scenes, mae, tmp_path):
     extra = [o.format(folder=own_data["folder"], csv=own_data["csv"], scenes=scenes, mae=mae)

@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +7,14 @@ import torch
 
 from tests.conftest import needs_fmnist
 from vitlab.data.datamodules import FashionMNISTDataModule, ImageFolderDataModule, collate
-from vitlab.data.datasets import FileListDataset, fashion_mnist_arrays, read_csv_list, read_idx, scan_image_folder
+from vitlab.data.datasets import (
+    FMNIST_FILES,
+    FileListDataset,
+    fashion_mnist_arrays,
+    read_csv_list,
+    read_idx,
+    scan_image_folder,
+)
 from vitlab.data.transforms import load_pipeline, make_sample_transform
 from vitlab.errors import VitlabError
 from vitlab.preprocess import PreprocessCfg
@@ -46,8 +54,73 @@ def test_fashion_mnist_missing_gives_instructions(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ds, "DEBIAN_FMNIST", str(tmp_path / "nowhere"))
     monkeypatch.delenv("VITLAB_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/fashion-mnist here
     with pytest.raises(VitlabError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist_arrays("train", data_dir=tmp_path)
+
+
+def _fake_fmnist(folder, n=6):
+    """The four IDX files (gzipped, as the download writes them) with ``n`` tiny random images per split."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, (images, labels) in FMNIST_FILES.items():
+        arrays[split] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+        for name, arr in zip((images, labels), arrays[split]):
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(_idx_bytes(arr))
+    return arrays
+
+
+def test_download_writes_where_the_finder_looks(tmp_path, monkeypatch):
+    """``download: true`` without a data_dir writes ./data/fashion-mnist; every later reader (no download flag:
+    export, `sample --evaluate`, the scenes, the demo, the tests) finds it there. The network is a fake."""
+    import urllib.request
+
+    import vitlab.data.datasets as ds
+
+    source = tmp_path / "server"
+    arrays = _fake_fmnist(source)
+    monkeypatch.setattr(ds, "DEBIAN_FMNIST", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("VITLAB_DATA", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(VitlabError, match="not found"):
+        ds.fashion_mnist_root()
+    fetched = []
+    monkeypatch.setattr(urllib.request, "urlretrieve",
+                        lambda url, dest: fetched.append(url) or (source / url.rsplit("/", 1)[1]).rename(dest))
+    root = ds.fashion_mnist_root(download=True)
+    assert len(fetched) == 4 and root == Path("data") / "fashion-mnist"
+    assert ds._find_fmnist(None).resolve() == (work / "data" / "fashion-mnist").resolve()  # no download flag
+    images, labels = fashion_mnist_arrays("test")
+    assert np.array_equal(images, arrays["test"][0]) and np.array_equal(labels, arrays["test"][1])
+    assert FashionMNISTDataModule(preprocess=GREY28).class_names[0] == "T-shirt/top"  # config time: found
+
+
+@pytest.mark.parametrize("env,outcome", [({}, "1 skipped"), ({"VITLAB_REQUIRE_DATA": "1"}, "1 error"),
+                                         ({"CI": "true"}, "1 error")])
+def test_missing_data_skips_locally_and_fails_under_ci(tmp_path, env, outcome):
+    """A test that reads Fashion-MNIST, run where it is missing (a plugin hides every place the finder looks):
+    a skip on a developer's machine, an error with the one-line fix under CI or VITLAB_REQUIRE_DATA=1."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "hide_fmnist.py").write_text(
+        "import os\nos.environ.pop('VITLAB_DATA', None)\nimport vitlab.data.datasets as d\n"
+        f"d.DEBIAN_FMNIST = d.DEFAULT_DATA_DIR = {str(tmp_path / 'nowhere')!r}\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("CI", "VITLAB_REQUIRE_DATA")}
+    run_env = {**base, **env, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "hide_fmnist", "-q", "-rs", "-p", "no:cacheprovider",
+                          "tests/test_data.py::test_fashion_mnist_official_splits"],
+                         cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300)
+    assert outcome in res.stdout, res.stdout[-2000:]
+    assert "apt-get install dataset-fashion-mnist" in res.stdout and "VITLAB_DATA" in res.stdout
+    assert (res.returncode != 0) == (outcome == "1 error")
 
 
 def test_image_folder_errors(tmp_path):

@@ -297,7 +297,9 @@ def onnx_detector(detector, tmp_path_factory):
     """The exported detection graph of ``detector`` (an export failure fails the tests that need it)."""
     import vitlab
 
-    results = vitlab.export_onnx(detector["ckpt"], tmp_path_factory.mktemp("onnx"), "fp32")
+    root = detector["root"]  # its own held-out scenes: the exporter never writes data/scenes
+    results = vitlab.export_onnx(detector["ckpt"], tmp_path_factory.mktemp("onnx"), "fp32",
+                                 eval_data=(str(root / "test"), str(root / "annotations" / "test.json")))
     return str(results["fp32"].path)
 
 

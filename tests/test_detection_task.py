@@ -8,12 +8,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import box_convert
 from vitlab_edge.boxes import boxes_to_original
 
 import vitlab
 from tests.conftest import REPO, needs_fmnist
-from vitlab.tasks.detection import GroundTruthCounts, map_metric, metric_inputs
+from vitlab.tasks.detection import CocoMAP
 
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # a detector small enough to train a few steps in seconds: 64 px, patch 8, width 32, 2 blocks, strides 8 and 16
@@ -45,9 +44,9 @@ def _as_detections(batch, max_det=5, labels=None, boxes=None):
     return out
 
 
-def _map(dets, batch):
-    metric = map_metric(per_class=True)
-    metric.update(*metric_inputs(dets, batch))
+def _map(dets, batch, annotations=None):
+    metric = CocoMAP(NAMES, annotations)
+    metric.update(dets, batch)
     return metric, metric.compute()
 
 
@@ -56,14 +55,18 @@ def test_ground_truth_as_predictions_scores_map_one():
     metric, res = _map(_as_detections(batch), batch)
     assert res["map"] == pytest.approx(1.0) and res["map_50"] == pytest.approx(1.0)
     assert res["map_75"] == pytest.approx(1.0)
-    assert res["classes"].tolist() == [0, 3, 5, 7, 9] and torch.allclose(res["map_per_class"], torch.ones(5))
+    # every class has its row; those without ground truth score -1 (COCO's "nothing to score")
+    assert res["classes"].tolist() == list(range(10)) and res["num_gt"] == [1, 0, 0, 2, 0, 1, 0, 1, 0, 1]
+    assert res["map_per_class"].tolist() == pytest.approx([1, -1, -1, 1, -1, 1, -1, 1, -1, 1])
     # the padding rows (label 0, score 0, empty boxes) never reach the metric
-    assert [len(b) for b in metric.detection_box] == [2, 3, 1]
+    dets = metric.dets[0].reshape(-1, CocoMAP.DET).numpy()
+    assert np.bincount(dets[:, 1].astype(int)).tolist() == [0, 2, 3, 1]
     # both sides are scored in the original image's pixels (the letterbox undone): what `vitlab predict` writes
     expected = boxes_to_original(batch["boxes"][0].numpy(), (128, 256), (64, 64))
     assert expected[:, 2].max() > 64
-    for stored in (metric.groundtruth_box[0], metric.detection_box[0]):  # torchmetrics keeps x, y, w, h
-        assert np.allclose(box_convert(stored, "xywh", "xyxy").numpy(), expected)
+    gts = metric.gts[0].reshape(-1, CocoMAP.GT).numpy()
+    for stored in (gts[gts[:, 1] == 1, 2:6], dets[dets[:, 1] == 1, 2:6]):  # COCO's x, y, w, h
+        assert np.allclose(np.concatenate([stored[:, :2], stored[:, :2] + stored[:, 2:]], 1), expected, atol=2e-3)
 
 
 def test_wrong_labels_or_box_format_do_not_score_one():
@@ -74,11 +77,65 @@ def test_wrong_labels_or_box_format_do_not_score_one():
     assert _map(_as_detections(batch, boxes=as_xywh), batch)[1]["map"] < 0.5
 
 
-def test_ground_truth_counts_per_class():
-    counts = GroundTruthCounts(10)
-    counts.update(_gt_batch()["labels"])
-    counts.update([torch.zeros(0, dtype=torch.long)])  # an image without boxes
-    assert counts.compute().tolist() == [1, 0, 0, 2, 0, 1, 0, 1, 0, 1]
+def test_an_image_seen_twice_counts_once():
+    """A DDP sampler pads a split with repeats: the second visit of an image adds neither detections nor truth."""
+    batch = _gt_batch()
+    metric = CocoMAP(NAMES)
+    metric.update(_as_detections(batch), batch)
+    metric.update(_as_detections(batch, labels=[(lab + 1) % 10 for lab in batch["labels"]]), batch)  # repeats
+    res = metric.compute()
+    assert res["map"] == pytest.approx(1.0) and res["num_gt"] == [1, 0, 0, 2, 0, 1, 0, 1, 0, 1]
+
+
+def test_scores_against_the_annotation_file_as_coco_does(tmp_path):
+    """With the split's file: a crowd box is an ignore region (a detection on it is no false positive) and a box
+    the batch never had (too small to survive the letterbox) is ground truth still, as COCOeval counts them."""
+    batch = _gt_batch()
+    doc = {"images": [{"id": i, "file_name": f"{i}.png"} for i in (1, 2, 3, 4)],
+           "categories": [{"id": k + 1, "name": n} for k, n in enumerate(NAMES)], "annotations": []}
+    for image_id, (boxes, labels), hw in zip((1, 2, 3), zip(batch["boxes"], batch["labels"]), batch["orig_size"]):
+        for b, k in zip(boxes_to_original(boxes.numpy(), tuple(hw.tolist()), (64, 64)).tolist(), labels.tolist()):
+            doc["annotations"].append({"image_id": image_id, "category_id": k + 1, "bbox": [b[0], b[1], b[2] - b[0],
+                                                                                           b[3] - b[1]]})
+    doc["annotations"].append({"image_id": 2, "category_id": 4, "bbox": [0, 0, 40, 8], "iscrowd": 1})
+    for k, a in enumerate(doc["annotations"]):
+        a.update(id=k + 1, area=a["bbox"][2] * a["bbox"][3])
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    dets = _as_detections(batch, max_det=6)
+    dets["boxes"][1, 3], dets["labels"][1, 3], dets["scores"][1, 3], dets["num_dets"][1] = (
+        torch.tensor([1.0, 1.0, 30.0, 4.0]), 3, 0.95, 4)  # inside the crowd region, the best score of its image
+    assert _map(dets, batch, path)[1]["map"] == pytest.approx(1.0)  # ignored, not a false positive
+    assert _map(dets, batch)[1]["map"] < 1.0  # against the batch's boxes (no crowd region) it is one
+    doc["annotations"].append({"id": 99, "image_id": 1, "category_id": 1, "bbox": [3, 3, 1.5, 1.5], "area": 2.25})
+    path.write_text(json.dumps(doc))  # a box of 1.5 px (0.4 px in the input): missed, so class 0 has recall 1/2
+    _, res = _map(dets, batch, path)
+    assert res["num_gt"][0] == 2 and res["mar_100_per_class"][0] == pytest.approx(0.5)
+    with pytest.raises(vitlab.VitlabError, match="no image with id 3"):
+        path.write_text(json.dumps({**doc, "images": doc["images"][:2]}))
+        _map(dets, batch, path)
+
+
+def test_class_table_of_a_one_class_torchmetrics_result(tmp_path):
+    """torchmetrics gives ``classes`` (and the per-class values) as 0-d tensors when one class was seen: the table
+    reads them (vitlab test crashed there on a one-class data set), and a class never seen gets None and 0."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from vitlab.viz import detection_class_table, plot_pr_curves
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", class_metrics=True,
+                                  extended_summary=True)
+    box = torch.tensor([[10.0, 10.0, 30.0, 40.0]])
+    metric.update([{"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}],
+                  [{"boxes": box, "labels": torch.tensor([0])}])
+    res = metric.compute()
+    assert res["classes"].ndim == 0  # what torchmetrics does
+    thresholds = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    rows = detection_class_table(res, ["thing", "other"], [1, 0], thresholds)
+    assert rows[0] == {"class": "thing", "class_id": 0, "ap": 1.0, "ap50": 1.0, "ap75": 1.0, "ar100": 1.0, "num_gt": 1}
+    assert rows[1] == {"class": "other", "class_id": 1, "ap": None, "ap50": None, "ap75": None, "ar100": None,
+                       "num_gt": 0}
+    assert plot_pr_curves(res, ["thing", "other"], tmp_path / "pr.png", 0.5, thresholds).stat().st_size > 1000
 
 
 def test_detection_overlay_draws_boxes_where_they_are(tmp_path):

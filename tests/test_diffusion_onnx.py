@@ -17,7 +17,7 @@ from vitlab_edge.cli import main as edge_main
 import vitlab
 from vitlab.errors import VitlabError
 from vitlab.onnx import count_fused_attention, export_onnx
-from vitlab.onnx.generate import GenerationExport, step_examples
+from vitlab.onnx.generate import PER_CLASS, SEED, GenerationExport, step_examples
 from vitlab.onnx.graph import export_graph, get_metadata, model_metadata, set_metadata
 
 LABELS = [f"class{i}" for i in range(10)]
@@ -79,12 +79,18 @@ def test_onnx_samples_equal_the_checkpoints(exported, ckpt):
     report = json.loads((out / "report.json").read_text())
     fp32 = report["model.onnx"]
     assert fp32["status"] == "ok" and fp32["eval_samples"] == 20 and fp32["steps"] == STEPS
-    assert fp32["mean_abs_diff_px"] <= 1.0 and fp32["max_abs_diff_px"] <= 2, fp32
-    fp16 = report["model.fp16.onnx"]  # reported either way; written as ok or (allowed) degraded
-    assert fp16["status"] in ("ok", "degraded") and "max_abs_diff_px" in fp16
-    assert fp16["passed"] == (fp16["mean_abs_diff_px"] <= 1.0)
-    print(f"fp32 mean {fp32['mean_abs_diff_px']} max {fp32['max_abs_diff_px']}; fp16 mean "
-          f"{fp16['mean_abs_diff_px']} max {fp16['max_abs_diff_px']}")
+    # measured on CPU (2026-12): fp32 mean |Δ| 0.0, max 0; fp16 mean 0.038, max 1 (uint8 levels): ~4x margin
+    assert fp32["mean_abs_diff_px"] <= 0.05 and fp32["max_abs_diff_px"] <= 1, fp32
+    fp16 = report["model.fp16.onnx"]
+    assert fp16["status"] == "ok" and fp16["mean_abs_diff_px"] <= 0.15 and fp16["max_abs_diff_px"] <= 2, fp16
+    # the report's figures are what the written files do: resample both files here and compare with the checkpoint
+    labels = np.repeat(np.arange(10), PER_CLASS)[:20]
+    ref = vitlab.load(ckpt).sample(labels, seed=SEED)
+    for name in ("model.onnx", "model.fp16.onnx"):
+        got = Sampler(out / name, providers=["CPUExecutionProvider"]).sample(labels, seed=SEED)
+        diff = np.abs(got.astype(int) - ref.astype(int))
+        assert report[name]["mean_abs_diff_px"] == pytest.approx(diff.mean(), abs=1e-4), name
+        assert report[name]["max_abs_diff_px"] == diff.max(), name
 
 
 def test_dynamic_batch_and_the_step_equals_guided(exported, ckpt):
@@ -117,7 +123,26 @@ def test_edge_sampler_without_torch_matches_the_export(exported, ckpt):
     assert sampler.labels == LABELS and sampler.input_size == (1, 28, 28) and sampler.num_classes == 10
     np.testing.assert_array_equal(edge, sampler.sample([3, 7, 0], seed=5))
     ref = vitlab.load(ckpt).sample([3, 7, 0], seed=5)
-    assert np.abs(edge.astype(int) - ref.astype(int)).mean() <= 1.0
+    assert np.abs(edge.astype(int) - ref.astype(int)).mean() <= 0.05  # fp32: measured 0.0
+
+
+def test_both_samplers_take_the_no_label_id(exported, ckpt):
+    """Id ``num_classes`` (the metadata's ``null_class``) is "no label" for the edge kit's Sampler and for
+    ``vitlab.Sampler`` over either file; one past it is refused by both."""
+    path = exported[0] / "model.onnx"
+    edge = Sampler(path, providers=["CPUExecutionProvider"])
+    ids = [10, 4]
+    images = edge.sample(ids, seed=2)
+    onnx_api = vitlab.Sampler.load(path, providers=["CPUExecutionProvider"])
+    torch_api = vitlab.Sampler.load(ckpt, device="cpu")
+    np.testing.assert_array_equal(onnx_api.sample(ids, seed=2), images)
+    assert np.abs(torch_api.sample(ids, seed=2).astype(int) - images.astype(int)).mean() <= 0.05
+    assert onnx_api.num_classes == torch_api.num_classes == edge.num_classes == 10
+    with pytest.raises(ValueError, match="out of range"):
+        edge.sample([11])
+    for api in (onnx_api, torch_api):
+        with pytest.raises(VitlabError, match="out of range"):
+            api.sample([11])
 
 
 def test_edge_cli_sample_writes_a_grid_and_says_bad_input_in_one_line(exported, tmp_path, capsys):

@@ -15,9 +15,6 @@ from vitlab_edge import EdgeModel, ModelFormatError
 from vitlab_edge.cli import main as edge_main
 
 import vitlab
-from tests.conftest import needs_fmnist
-
-pytestmark = needs_fmnist
 
 
 @pytest.fixture()
@@ -119,8 +116,7 @@ def test_edge_cli_writes_one_record_per_input(exported, photo_dir, tmp_path, cap
     assert edge_main(["predict", str(photo_dir / "0.png"), str(photo_dir), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
     assert "not a loadable ONNX model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        edge_main(["predict", str(exported["int8"]), str(photo_dir), "--out", str(tmp_path / "x.txt")])
+    assert edge_main(["predict", str(exported["int8"]), str(photo_dir), "--out", str(tmp_path / "x.txt")]) == 2
     assert "use a .jsonl or .csv" in capsys.readouterr().err
 
 
@@ -222,3 +218,26 @@ def test_edge_model_progress(exported, fmnist_test, capsys):
     assert capsys.readouterr().err == ""  # silent by default
     assert len(model.predict([fmnist_test[0][0]] * 3, batch_size=2, progress=True)) == 3
     assert re.fullmatch(r"predict: 3 img in [\d.]+ s \([\d.]+ img/s\)\n", capsys.readouterr().err)  # no terminal
+
+
+def test_edge_options_out_of_range_are_one_line_before_the_model_loads(photo_dir, tmp_path, monkeypatch, capsys):
+    import vitlab_edge.cli as edge_cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(edge_cli, "EdgeModel", no_model)
+    monkeypatch.setattr(edge_cli, "Sampler", no_model)
+    cases = [(["predict", "m.onnx", str(photo_dir), "--out", str(tmp_path / "p.jsonl"), "--batch-size", "0"],
+              "--batch-size must be >= 1, got 0"),
+             (["predict", "m.onnx", str(photo_dir), "--out", str(tmp_path / "p.jsonl"), "--batch-size", "-2"],
+              "--batch-size must be >= 1, got -2"),
+             (["sample", "g.onnx", "--per-class", "0", "--out", str(tmp_path / "g.png")],
+              "--per-class must be >= 1, got 0"),
+             (["sample", "g.onnx", "--labels", "1", "--steps", "0", "--out", str(tmp_path / "g.png")],
+              "--steps must be >= 1, got 0")]
+    for args, message in cases:
+        assert edge_main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"vitlab-edge: error: {message}"]
+    assert [p.name for p in tmp_path.iterdir()] == [photo_dir.name]  # nothing written

@@ -187,6 +187,29 @@ def test_every_frame_format_decodes_its_first_frame(tmp_path):
         assert diff.max() <= tol, f"{path.name}: max abs diff {diff.max()}"
 
 
+def test_ico_decodes_whatever_was_read_before(tmp_path):
+    """A multi-size ICO read after a TGA, in a fresh process (Pillow's plugin order is process state). A bare
+    ``Image.open`` tries the plugins already imported first, and TGA's header check accepts an ICO whose first
+    (smallest) frame holds 64-128 KiB: the frame size's third byte reads as a TGA depth of 1. Pillow's own
+    pillow.ico is such a file and was refused ("cannot load this image"); ``read_image`` tries the suffix's format
+    first and gives the largest size, as Pillow alone does."""
+    import subprocess
+    import sys
+
+    rgba = np.dstack([np.random.default_rng(5).integers(0, 256, (256, 256, 3)), np.full((256, 256), 255)])
+    rgba = rgba.astype(np.uint8)  # noise: the 160 px frame compresses to ~85 KB
+    Image.fromarray(rgba).save(tmp_path / "x.ico", sizes=[(160, 160), (192, 192), (256, 256)])
+    first_frame_bytes = (tmp_path / "x.ico").read_bytes()[14:18]
+    assert first_frame_bytes[2:] == b"\x01\x00"  # the case: a TGA header with depth 1, no orientation flags
+    Image.fromarray(RGB).save(tmp_path / "first.tga")
+    code = ("import sys\nfrom vitlab_edge.imaging import read_image\n"
+            "read_image(sys.argv[1])\nsys.stdout.buffer.write(read_image(sys.argv[2]).tobytes())\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "first.tga"), str(tmp_path / "x.ico")],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()[-500:]
+    assert np.array_equal(np.frombuffer(res.stdout, np.uint8).reshape(256, 256, 3), rgba[:, :, :3])
+
+
 def test_folder_scan_finds_every_pillow_format_and_no_text(tmp_path):
     from vitlab_edge.imaging import IMAGE_EXTENSIONS
     from vitlab_edge.sources import expand_inputs

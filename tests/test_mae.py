@@ -61,6 +61,59 @@ def test_masked_encoder_on_every_patch_equals_the_plain_forward(opts):
     assert part.shape == (2, backbone.num_prefix_tokens + 4, backbone.out_channels)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_hidden_pixels_cannot_reach_the_encoder_through_a_conv_stem(train):
+    """The conv stem convolves across patch borders (and, training, pools BatchNorm statistics over the batch):
+    changing only the hidden patches' pixels must leave the encoder's visible tokens exactly as they were."""
+    torch.manual_seed(0)
+    backbone = vitlab.create_backbone("vitlab_fmnist_cs").train(train)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    masking = random_masking(4, 16, 0.75, torch.Generator().manual_seed(0))
+    hidden = masking["mask"].view(4, 1, 4, 4).repeat_interleave(7, 2).repeat_interleave(7, 3)  # [4, 1, 28, 28]
+    other = torch.where(hidden, 255 - x, x)
+    with torch.no_grad():
+        a, b = backbone.forward_masked(x, masking["keep"]), backbone.forward_masked(other, masking["keep"])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == (4, 4, backbone.out_channels)
+
+
+@pytest.mark.parametrize("name", ["vitlab_fmnist", "vitlab_fmnist_cs"])
+def test_reconstruction_of_hidden_patches_uses_visible_pixels_only(name):
+    """What ``reconstruct`` shows (and ``val/mse`` scores) for a hidden patch may depend on the visible pixels only:
+    not on the hidden pixels through a conv stem, nor on the hidden patch's own mean and std (``norm_pix_loss``)."""
+    torch.manual_seed(0)
+    model = mae(name).eval()
+    x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    out = model.reconstruct(x, seed=3)
+    hidden = torch.from_numpy(np.kron(out["mask"].numpy(), np.ones((7, 7), dtype=bool)))[:, None]
+    other = torch.where(hidden, (x // 4 + 100).to(torch.uint8), x)  # the hidden patches dimmer, lower contrast
+    again = model.reconstruct(other, seed=3)
+    assert torch.equal(again["mask"], out["mask"])
+    for key in ("reconstruction", "pasted", "masked"):
+        assert torch.equal(again[key], out[key]), key
+
+
+def test_mse_denormalises_hidden_patches_with_the_visible_patches_statistics():
+    """``val/mse`` recomputed in numpy: every hidden patch's prediction de-normalised with the mean of the visible
+    patches' means and stds (of the same image), squared error against the true normalised pixels."""
+    torch.manual_seed(0)
+    task = MAETask("vitlab_fmnist", decoder_dim=32, decoder_depth=1).eval()
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        mse = float(task._losses(x, torch.Generator().manual_seed(5))["mse"])
+        out = task(x, torch.Generator().manual_seed(5))
+    pred, mask = out["pred"].numpy().astype(np.float64), out["mask"].numpy()  # [4, 16, 49], [4, 16]
+    pixels = (x.numpy()[:, 0].astype(np.float64) - 0.286 * 255) / (0.353 * 255)
+    patches = pixels.reshape(4, 4, 7, 4, 7).transpose(0, 1, 3, 2, 4).reshape(4, 16, 49)
+    means, stds = patches.mean(-1), np.sqrt(patches.var(-1, ddof=1) + 1e-6)  # [4, 16]
+    errors = []
+    for i in range(4):
+        vis = ~mask[i]
+        shown = pred[i][mask[i]] * stds[i][vis].mean() + means[i][vis].mean()
+        errors.append(((shown - patches[i][mask[i]]) ** 2).mean(-1))
+    assert mse == pytest.approx(np.concatenate(errors).mean(), rel=1e-4)
+
+
 def test_patchify_round_trip_and_layout():
     model = mae()
     x = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
@@ -119,6 +172,30 @@ def test_reconstruct_api_from_a_checkpoint(mae_ckpt, fmnist_test):
         task.reconstruct(np.zeros((2, 32, 32), np.uint8))
 
 
+def test_reconstruct_decodes_pil_images_as_files(mae_ckpt, tmp_path):
+    """PIL images go through the one decoder: EXIF orientation, alpha composited on white, palettes, as files do."""
+    from PIL import Image
+    from vitlab_edge.imaging import to_hwc_uint8
+
+    _, path = mae_ckpt
+    task = vitlab.load(str(path))
+    rgba = np.zeros((40, 20, 4), np.uint8)
+    rgba[:20, :, 3] = 255  # top half opaque black, bottom half transparent: white once composited
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    grey = np.repeat(np.linspace(0, 255, 40, dtype=np.uint8)[:, None], 20, 1)
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    Image.fromarray(grey).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(tmp_path / "palette.png")
+    for name in ("alpha.png", "turned.jpg", "palette.png"):
+        file = tmp_path / name
+        expected = task.preprocess.prepare(to_hwc_uint8(str(file)))  # what the Predictor feeds the model
+        with Image.open(file) as img:
+            from_pil = task.reconstruct(img, seed=0)["original"][0]
+        assert np.array_equal(from_pil, expected), name
+        assert np.array_equal(task.reconstruct([str(file)], seed=0)["original"][0], expected), name
+
+
 def test_classifier_starts_from_the_mae_encoder_with_a_key_report(mae_ckpt):
     task, path = mae_ckpt
     with warnings.catch_warnings(record=True) as caught:
@@ -126,7 +203,8 @@ def test_classifier_starts_from_the_mae_encoder_with_a_key_report(mae_ckpt):
         clf = ClassificationTask("vitlab_fmnist", 10, pretrained=str(path), layer_decay=0.75)
     report = [str(w.message) for w in caught if issubclass(w.category, WeightsWarning)]
     assert len(report) == 1 and "2 missing (head.weight, head.bias)" in report[0] and "0 unexpected" in report[0]
-    assert "MAE decoder and mask token dropped" in report[0]
+    assert "tensors of the checkpoint's own head dropped (decoder_blocks, decoder_embed, decoder_norm, " \
+           "decoder_pred, mask_token)" in report[0]
     mine, theirs = clf.model.backbone.vit.state_dict(), task.model.backbone.vit.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     opt, _ = clf.build_optimizer(10, 5)  # layer decay over the MAE-initialised blocks

@@ -17,11 +17,9 @@ from PIL import Image
 from vitlab_edge.imaging import draft_request
 
 import vitlab
-from tests.conftest import REPO, VITLAB, needs_fmnist
+from tests.conftest import REPO, VITLAB
 from vitlab.errors import VitlabError
 from vitlab.inference.io import read_image
-
-pytestmark = needs_fmnist
 
 
 def _rgba_on_white(rgb, alpha):
@@ -273,6 +271,37 @@ def test_distributed_prediction_needs_an_input_per_process(trained_ckpt, fmnist_
         main(["predict", str(trained_ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "p.jsonl"),
               "--devices", "2", "--threads", "1"])
     assert "vitlab: error: --threads is for one process" in capsys.readouterr().err
+
+
+def test_multi_device_refuses_overlays_and_checks_coco_inputs_before_any_work(trained_ckpt, fmnist_test, tmp_path,
+                                                                             capsys, monkeypatch):
+    """--overlays / --explain are drawn by the single-process Predictor: with --devices they are refused in one line,
+    and COCO inputs the ground truth does not list are found before the processes start."""
+    import vitlab.inference.distributed as distributed
+    from tests.test_resume import _coco_ground_truth, _detector_ckpt
+    from vitlab.cli import main
+
+    started = []
+    monkeypatch.setattr(distributed, "predict_distributed", lambda *a, **k: started.append(a) or True)
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(fmnist_test[0][i]).save(files[-1])
+    ddp = ["--devices", "2", "--accelerator", "cpu", "--workers", "0"]
+    for extra in (["--overlays", str(tmp_path / "ov")], ["--overlays", str(tmp_path / "ov"), "--explain"]):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(trained_ckpt), *files, "--out", str(tmp_path / "p.jsonl"), *ddp, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and "--overlays and --explain run in one process" in err[0]
+    detector, gt = tmp_path / "det.ckpt", tmp_path / "gt.json"
+    _coco_ground_truth(gt, files[:3], _detector_ckpt(detector))  # the 4th input is not an image of the GT
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(detector), *files, "--out", str(tmp_path / "r.json"), "--format", "coco",
+              "--annotations", str(gt), *ddp])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "1 inputs are not images of" in err[0] and "3.png" in err[0]
+    assert not started and sorted(os.listdir(tmp_path)) == sorted([*map(os.path.basename, files), "det.ckpt",
+                                                                   "gt.json"])
 
 
 class _Terminal(io.StringIO):

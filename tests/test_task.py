@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import vitlab
+from tests.conftest import needs_fmnist
 from vitlab.data import FashionMNISTDataModule
 from vitlab.tasks import ClassificationTask
 
@@ -38,6 +39,7 @@ def test_learns_on_real_images_and_reloads_from_checkpoint_alone(tmp_path, fmnis
     assert torch.allclose(task(x), again(x), atol=1e-5)
 
 
+@needs_fmnist
 def test_test_stage_writes_report(tmp_path):
     task = ClassificationTask(**TINY, num_classes=10)
     dm = FashionMNISTDataModule(limit=256, batch_size=128)
@@ -52,6 +54,7 @@ def test_test_stage_writes_report(tmp_path):
     assert sum(int(r.rsplit(",", 1)[1]) for r in rows[1:]) == 256
 
 
+@needs_fmnist
 def test_test_without_logger_writes_report_under_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"

@@ -14,7 +14,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from vitlab.errors import VitlabError
+from vitlab.errors import VitlabError, checkpoint_error
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -116,18 +116,34 @@ def run_cli(args: list[str] | None = None) -> VitlabCLI:
 
 def _vitlab_error(e: BaseException | None) -> Exception | None:
     """The user error behind ``e``: a VitlabError (jsonargparse wraps those raised while it instantiates
-    classes), or a checkpoint that ``torch.load(weights_only=True)`` refused to unpickle."""
-    import pickle
-
+    classes), a ``--ckpt_path`` that does not exist, or a checkpoint that ``torch.load`` could not read."""
     seen = 0
     while e is not None and seen < 20:
         if isinstance(e, VitlabError):
             return e
-        if isinstance(e, pickle.UnpicklingError):
-            first = (str(e).strip().splitlines() or ["unpickling refused"])[0]
-            return VitlabError(f"refusing to load a checkpoint that is not plain tensors and data ({first[:160]})")
+        if isinstance(e, FileNotFoundError) and str(e).startswith("Checkpoint file not found"):  # Lightning's
+            return VitlabError(f"{str(e)[0].lower()}{str(e)[1:]}")
+        unread = _unreadable_checkpoint(e)
+        if unread is not None:
+            return unread
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None
+
+
+def _unreadable_checkpoint(e: BaseException) -> VitlabError | None:
+    """One line for an error raised inside ``torch.load`` (found in ``e``'s traceback, whose frame names the file):
+    a file ``weights_only=True`` refused to unpickle (more than tensors and plain data, or junk), or one that is
+    truncated or corrupt; None for any other error."""
+    import torch
+
+    tb, path = e.__traceback__, None
+    while tb is not None and path is None:
+        if tb.tb_frame.f_code is torch.serialization.load.__code__:
+            path = tb.tb_frame.f_locals.get("f")
+        tb = tb.tb_next
+    if path is None:
+        return None
+    return checkpoint_error(path, e)
 
 
 def export_command(argv: list[str]) -> None:
@@ -155,6 +171,8 @@ def export_command(argv: list[str]) -> None:
                     help="training images for static int8, as --eval-data (default: dynamic int8)")
     ap.add_argument("--num-calib", type=int, default=512)
     ap.add_argument("--allow-degraded", action="store_true", help="keep variants that miss the accuracy budget")
+    ap.add_argument("--task", default=None, help="export as this task (default: the checkpoint's own; an MAE "
+                    "checkpoint's embedding); embedding: L2-normalised pooled features of any checkpoint")
     a = ap.parse_args(argv)
     def one_or_pair(v: list[str] | None):  # a folder / name, or a COCO (images, annotations) pair
         return v[0] if v and len(v) == 1 else tuple(v) if v else None
@@ -162,7 +180,7 @@ def export_command(argv: list[str]) -> None:
     results = export_onnx(a.checkpoint, a.out, a.precision, opset=a.opset, attention=a.attention,
                           eval_data=one_or_pair(a.eval_data), num_eval=a.num_eval,
                           calib_data=one_or_pair(a.calib_data), num_calib=a.num_calib,
-                          allow_degraded=a.allow_degraded)
+                          allow_degraded=a.allow_degraded, task=a.task)
     for prec, r in results.items():
         print(f"{prec:>5}: {r.path}  {r.summary}  {r.report['file_bytes'] / 1e6:.2f} MB  [{r.report['status']}]")
     print(f"report: {Path(a.out) / 'report.json'}")
@@ -172,22 +190,22 @@ def predict_command(argv: list[str]) -> None:
     """``vitlab predict MODEL(.ckpt|.onnx) SOURCES... --out preds.jsonl|.csv [--resume] [--overlays DIR]``, or
     ``--out preds.json --format coco --annotations GT.json`` for a detector's COCO results."""
     import argparse
-    import time
 
-    from vitlab_edge.records import DECODERS, decoder_for
-    from vitlab_edge.sources import expand_inputs
-
-    from vitlab.inference.writers import check_output, read_records, write_coco, write_records
+    from vitlab.inference.batch import predict_files
 
     ap = argparse.ArgumentParser(prog="vitlab predict", description="Predict images with a checkpoint or an "
                                  "exported ONNX model: one record per input, in input order. (With --config, "
                                  "`vitlab predict` is Lightning's predict subcommand instead.)")
-    ap.add_argument("model", help="a vitlab .ckpt or an exported .onnx (classifier or detector)")
+    ap.add_argument("model", help="a vitlab .ckpt or an exported .onnx; with --task embedding also a model name "
+                    "(a vitlab variant or timm ViT)")
     ap.add_argument("sources", nargs="+", help="image files, folders (recursive), globs, .txt lists of paths")
-    ap.add_argument("--out", required=True, help="output .jsonl or .csv (written atomically); .json with "
-                    "--format coco")
-    ap.add_argument("--format", default=None, choices=["jsonl", "csv", "coco"],
-                    help="default: by the --out suffix; coco: a detector's COCO results JSON (needs --annotations)")
+    ap.add_argument("--out", required=True, help="output .jsonl or .csv (written atomically, complete or not at "
+                    "all; finished records are journaled beside it as they come); .json with --format coco")
+    ap.add_argument("--format", default=None, choices=["jsonl", "csv", "coco", "npy"],
+                    help="default: by the --out suffix; coco: a detector's COCO results JSON (needs --annotations); "
+                    "npy: embeddings as one float32 [N, D] array in input order (and X.sources.txt)")
+    ap.add_argument("--task", default=None, help="what to answer (default: the model's own task; an MAE "
+                    "checkpoint's embedding); embedding: L2-normalised pooled features of any checkpoint")
     ap.add_argument("--annotations", default=None, help="with --format coco: the ground-truth COCO JSON whose "
                     "file_name / categories give image_id / category_id")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -199,87 +217,13 @@ def predict_command(argv: list[str]) -> None:
                     "or cores minus --workers where a trial on the first batches measures that faster)")
     ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label, or boxes")
     ap.add_argument("--explain", action="store_true", help="attention-rollout heatmaps in the overlays (.ckpt)")
-    ap.add_argument("--resume", action="store_true", help="skip inputs already answered in --out")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run: skip the inputs answered in "
+                    "--out or in its journal (.OUT.partial.jsonl), predict the rest")
     ap.add_argument("--devices", default="1", help="Lightning devices for multi-device prediction (.ckpt)")
     ap.add_argument("--num-nodes", type=int, default=1)
     ap.add_argument("--strategy", default="ddp")
     ap.add_argument("--accelerator", default="auto")
-    a = ap.parse_args(argv)
-    coco = a.format == "coco"
-    if coco:
-        out = Path(a.out)
-        if out.suffix != ".json" or a.annotations is None or a.resume:
-            raise VitlabError("--format coco writes a .json (--out X.json) for the --annotations GT.json, without "
-                              "--resume")
-    else:
-        out = check_output(a.out)
-        if a.format is not None and out.suffix != f".{a.format}":
-            raise VitlabError(f"--format {a.format} needs an --out name ending in .{a.format}, got {out}")
-    items = expand_inputs(a.sources, error=VitlabError)  # a folder/glob/list that names nothing: one line
-    if not items:
-        raise VitlabError(f"no inputs: {' '.join(a.sources)} matched no image files")
-    done = {r["source"]: r for r in read_records(out)} if a.resume and out.is_file() else {}
-    todo = [it for it in items if str(it) not in done]
-    t0 = time.perf_counter()
-    task = next((d.task for d in DECODERS.values() if done and set(d.fields) <= set(next(iter(done.values())))),
-                "classification")  # the task of the earlier records, when nothing is left to predict
-    if not todo:
-        new, backend, labels = iter(()), "nothing left to predict", []
-    elif a.devices not in ("1", 1) or a.num_nodes > 1:
-        from vitlab.inference.backends import task_options
-        from vitlab.inference.distributed import predict_distributed
-        from vitlab.tasks import load_task
-
-        if Path(a.model).suffix == ".onnx":
-            raise VitlabError("multi-device prediction runs checkpoints; an .onnx model runs in one process")
-        if a.threads is not None:
-            raise VitlabError("--threads is for one process; each of Lightning's processes takes OMP_NUM_THREADS")
-        devices = int(a.devices) if a.devices.isdigit() else a.devices
-        part = out.with_name(f".{out.stem}.new.jsonl")  # JSONL keeps every task's fields; read back below
-        trained = load_task(a.model)
-        task, labels = trained.preprocess.task, list(trained.preprocess.labels)
-        if coco and "boxes" not in decoder_for(task).fields:
-            raise VitlabError(f"--format coco writes detections; {a.model} is a {task} model")
-        if not predict_distributed(trained.model, todo, part, devices, a.num_nodes, a.strategy, a.accelerator,
-                                   a.batch_size, a.workers, a.topk, progress=None, options=task_options(trained)):
-            return  # not rank 0: rank 0 merges and writes
-        new = iter(read_records(part))
-        part.unlink()
-        backend = f"torch x {a.devices} devices x {a.num_nodes} nodes"
-    else:
-        from vitlab.inference import Predictor
-
-        predictor = Predictor.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None,
-                                   threads=a.threads)
-        task, labels = predictor.task, list(predictor.labels)
-        new = (p.to_dict() for p in predictor.stream(todo, a.batch_size, a.workers, a.topk, a.overlays, a.explain,
-                                                     progress=None))  # a bar on a terminal, nothing in a pipe
-        backend = predictor.backend.name
-    if coco and "boxes" not in decoder_for(task).fields:  # (the stream has not started: nothing ran yet)
-        raise VitlabError(f"--format coco writes detections; {a.model} is a {task} model")
-    if coco:  # every input an image of the annotations, every class a category: checked before the run
-        from vitlab_edge.files import check_coco_inputs
-
-        try:
-            check_coco_inputs(items, a.annotations, labels)
-        except ValueError as e:
-            raise VitlabError(str(e)) from None
-    errors = 0
-
-    def merged():
-        nonlocal errors
-        for i, item in enumerate(items):
-            rec = {**(done[str(item)] if str(item) in done else next(new)), "index": i}
-            errors += rec.get("error") is not None
-            yield rec
-        next(new, None)  # run the stream to its end, so that its progress bar closes before the summary line
-
-    if coco:
-        n = write_coco(merged(), out, a.annotations, labels)
-    else:
-        n = write_records(merged(), out, decoder_for(task).csv_fields)
-    print(f"vitlab: {n} records ({errors} errors, {len(items) - len(todo)} from the earlier output) -> {out} "
-          f"[{backend}] in {time.perf_counter() - t0:.1f} s")
+    predict_files(ap.parse_args(argv))
 
 
 def _log_to_stderr() -> None:
@@ -317,7 +261,8 @@ def reconstruct_command(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     task = vitlab.load(a.checkpoint)
     if not isinstance(task, MAETask):
-        raise VitlabError(f"{a.checkpoint} is a {type(task).__name__} checkpoint; reconstruct needs an MAETask one")
+        raise VitlabError(f"{a.checkpoint} is a {type(task).__name__} checkpoint; reconstruct needs an MAETask one "
+                          "(vitlab fit --config configs/generate/fmnist_mae.yaml)")
     files = expand_inputs(a.inputs, VitlabError)
     rec = task.reconstruct(files, a.mask_ratio, a.seed)
     path = save_image_grid({k: v for k, v in rec.items() if k != "mask"}, a.out)
@@ -328,7 +273,7 @@ def sample_command(argv: list[str]) -> None:
     """``vitlab sample MODEL(.ckpt|.onnx) --labels 0 1 2 | --per-class N --out DIR [--evaluate]``"""
     import argparse
 
-    from vitlab_edge.cli import add_sample_arguments
+    from vitlab_edge.cli import UsageError, add_sample_arguments, check_sample_arguments
     from vitlab_edge.files import atomic_write
 
     from vitlab.inference import Sampler
@@ -346,6 +291,10 @@ def sample_command(argv: list[str]) -> None:
     ap.add_argument("--eval-classifier", default=None, help="a vitlab classification checkpoint (default: the "
                     "diffusion checkpoint's eval_classifier)")
     a = ap.parse_args(argv)
+    try:
+        check_sample_arguments(a)  # before the model loads
+    except UsageError as e:
+        raise VitlabError(str(e)) from None
     sampler = Sampler.load(a.model, device=a.device, providers=a.providers.split(",") if a.providers else None)
     labels = a.labels if a.labels else [k for k in range(len(sampler.labels)) for _ in range(a.per_class)]
     ids = sampler.class_ids(labels)

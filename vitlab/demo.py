@@ -12,6 +12,7 @@ Lightning script); testing runs here on one process, so every test image is coun
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -23,15 +24,21 @@ import torch
 from vitlab._fs import atomic_write_json
 from vitlab.cli import REPO_CONFIGS, run_cli
 from vitlab.errors import VitlabError
+from vitlab.tasks.spec import TaskSpec
 
-# --task -> (config under configs/, default --out)
-TASKS = {"classify": ("classify/fmnist_demo.yaml", "runs/demo"),
-         "detect": ("detect/scenes_demo.yaml", "runs/demo_detect")}
+
+def demo_tasks() -> dict[str, TaskSpec]:
+    """``--task`` choices: every name and alias of a task whose spec has a demo (``TaskSpec.demo``)."""
+    from vitlab.tasks.spec import get_task, list_tasks
+
+    specs = [get_task(n) for n in list_tasks() if get_task(n).demo]
+    return {key: s for s in specs for key in (s.name, *s.aliases)}
 
 
 def main(argv: list[str]) -> dict:
+    tasks = demo_tasks()
     ap = argparse.ArgumentParser(prog="vitlab demo", description=__doc__)
-    ap.add_argument("--task", choices=sorted(TASKS), default="classify",
+    ap.add_argument("--task", choices=sorted(tasks), default="classify",
                     help="classify: the Fashion-MNIST ViT; detect: the scenes detector (vitlab.demo_detect)")
     ap.add_argument("--config", default=None, help="default: configs/classify/fmnist_demo.yaml, or "
                     "configs/detect/scenes_demo.yaml for --task detect")
@@ -43,15 +50,17 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--devices", type=int, default=None, help="override trainer.devices (DDP processes)")
     args = ap.parse_args(argv)
-    config, out = TASKS[args.task]
+    config, out, runner = tasks[args.task].demo
     args.config = args.config or str(REPO_CONFIGS / config)
     args.out = args.out or out
     if not Path(args.config).is_file():
         raise VitlabError(f"demo config {args.config} not found (run from a vitlab checkout or pass --config)")
-    if args.task == "detect":
-        from vitlab.demo_detect import detect_demo
+    module, _, name = runner.partition(":")
+    return getattr(importlib.import_module(module), name)(args)
 
-        return detect_demo(args)
+
+def classify_demo(args) -> dict:
+    """The Fashion-MNIST classifier's demo (``TaskSpec.demo`` of classification); see the module docstring."""
     out = Path(args.out)
     summary, ckpt, log_dir = fit_and_test(args, [f"--data.init_args.limit={args.limit}"] if args.limit else [])
     metrics = {k: v for k, v in summary.items() if k.startswith("test/")}
@@ -121,6 +130,9 @@ def export_and_predict_lines(summary: dict, out: Path, export_figures, predict_l
 def finish(out: Path, summary: dict, lines: list[str], title: str = "vitlab demo") -> dict:
     """Write ``out/demo_metrics.json``, print the summary (training, then ``lines``, then the JSON), and fail
     (VitlabError: exit 2) when an export variant is not ``ok`` or the batch prediction failed."""
+    from vitlab_edge.machine import machine_info, run_info
+
+    summary.update(machine=machine_info(), **run_info())  # the figures' machine (docs/results, benchmarks/report.py)
     atomic_write_json(out / "demo_metrics.json", summary)
     print(f"\n== {title} ==")
     print(f"trained {summary['epochs']} epochs / {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min "

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from vitlab.demo import _export, export_and_predict_lines, finish, fit_and_test, path_lines
@@ -70,7 +69,9 @@ def _predict_scenes(ckpt: Path, out: Path, images_dir: Path, annotations: Path) 
         return {"error": "no exported fp32 model"}
     doc = json.loads(Path(annotations).read_text(encoding="utf-8"))
     files = [str(Path(images_dir) / im["file_name"]) for im in doc["images"]]
-    torch_preds = Predictor.load(ckpt).predict(files, num_workers=0)
+    checkpoint = Predictor.load(ckpt)
+    labels = list(checkpoint.backend.preprocess.labels)
+    torch_preds = checkpoint.predict(files, num_workers=0)
     onnx = Predictor.load(onnx_path)
     onnx_preds = onnx.predict(files, num_workers=0)
     write_records((p.to_dict() for p in onnx_preds), out / "predictions.jsonl")
@@ -78,7 +79,8 @@ def _predict_scenes(ckpt: Path, out: Path, images_dir: Path, annotations: Path) 
     parity = detection_parity(_padded(torch_preds), _padded(onnx_preds))
     kept = sum(s >= OVERLAY_MIN_SCORE for p in onnx_preds for s in p.scores)
     return {"images": len(files), "errors": sum(p.error is not None for p in onnx_preds),
-            "map50_pct": _map50(torch_preds, doc), "map50_onnx_pct": _map50(onnx_preds, doc),
+            "map50_pct": _map50(torch_preds, annotations, labels),
+            "map50_onnx_pct": _map50(onnx_preds, annotations, labels),
             "matched_detections_pct": parity["matched_detections_pct"],
             "boxes_per_image": kept / max(1, len(files)), "jsonl": str(out / "predictions.jsonl"),
             "overlays": str(out / "overlays")}
@@ -96,21 +98,17 @@ def _padded(preds) -> dict[str, np.ndarray]:
     return out
 
 
-def _map50(preds, doc: dict) -> float:
-    """COCO mAP50 (%) of prediction records (original-image pixels) against a COCO file's boxes, with the
-    task's metric code."""
-    from vitlab.tasks.detection import map_metric
+def _map50(preds, annotations: Path, labels: list[str]) -> float:
+    """COCO mAP50 (%) of prediction records (original-image pixels; one per image of the COCO file, in its order)
+    against that file, as ``vitlab test`` and ``vitlab predict --format coco`` results are scored."""
+    from faster_coco_eval import COCO
+    from vitlab_edge.files import coco_category_ids
 
-    label_of = {c["id"]: i for i, c in enumerate(sorted(doc["categories"], key=lambda c: c["id"]))}
-    gt: dict[int, list] = {im["id"]: [] for im in doc["images"]}
-    for a in doc["annotations"]:
-        x, y, w, h = a["bbox"]
-        gt[a["image_id"]].append((x, y, x + w, y + h, label_of[a["category_id"]]))
-    metric = map_metric()
-    for p, im in zip(preds, doc["images"]):
-        g = torch.tensor(gt[im["id"]], dtype=torch.float32).reshape(-1, 5)
-        metric.update([{"boxes": torch.tensor(p.boxes, dtype=torch.float32).reshape(-1, 4),
-                        "scores": torch.tensor(p.scores, dtype=torch.float32),
-                        "labels": torch.tensor(p.class_ids, dtype=torch.long)}],
-                      [{"boxes": g[:, :4], "labels": g[:, 4].long()}])
-    return float(metric.compute()["map_50"]) * 100
+    from vitlab.tasks.detection import coco_bbox, coco_evaluate
+
+    gt = COCO(str(annotations))
+    images = [int(im["id"]) for im in gt.dataset["images"]]
+    category = coco_category_ids(gt.dataset, labels)
+    results = [{"image_id": image_id, "category_id": category[k], "bbox": coco_bbox(box), "score": score}
+               for p, image_id in zip(preds, images) for box, score, k in zip(p.boxes, p.scores, p.class_ids)]
+    return float(coco_evaluate(gt, results, images, category)["map_50"]) * 100

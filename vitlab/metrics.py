@@ -27,10 +27,15 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.backbone(images)["pooled"]
 
 
-def load_classifier(path: str | os.PathLike) -> nn.Module:
-    """The classifier of a vitlab classification checkpoint (weights only, no pickled code)."""
+def load_classifier(path: str | os.PathLike, key: str = "eval_classifier") -> nn.Module:
+    """The classifier of a vitlab classification checkpoint (weights only, no pickled code); a missing file is one
+    line naming ``key`` (the option that named it) and how to make the demo classifier."""
     from vitlab.tasks import ClassificationTask, load_task
 
+    if not os.path.isfile(path):
+        raise VitlabError(f"{key}: classifier checkpoint {path} does not exist; train the demo classifier with "
+                          "`make demo` (writes runs/demo/checkpoints/last.ckpt) or point it at a vitlab "
+                          "classification checkpoint")
     task = load_task(path)
     if not isinstance(task, ClassificationTask):
         raise VitlabError(f"{path}: the evaluation classifier must be a classification checkpoint, not a "

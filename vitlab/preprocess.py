@@ -17,8 +17,6 @@ from vitlab_edge.imaging import INTERPOLATIONS, RESIZE_POLICIES, resize, to_layo
 
 from vitlab.errors import VitlabError
 
-TASKS = ("classification", "detection", "generation")
-
 
 @dataclass(frozen=True)
 class PreprocessCfg:
@@ -47,8 +45,8 @@ class PreprocessCfg:
             raise VitlabError(f"preprocess.resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise VitlabError(f"preprocess.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if self.task not in TASKS:
-            raise VitlabError(f"preprocess.task must be one of {TASKS}, got {self.task!r}")
+        if not isinstance(self.task, str) or not self.task.isidentifier():  # the name is checked where it is
+            raise VitlabError(f"preprocess.task must be a task name, got {self.task!r}")  # dispatched (tasks.spec)
         if not 0.0 < self.crop_pct <= 1.0:
             raise VitlabError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
 

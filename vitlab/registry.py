@@ -57,11 +57,32 @@ def _timm_vit_names() -> list[str]:
     return sorted({n for m in _TIMM_VIT_MODULES for n in timm.list_models(module=m)})
 
 
-def list_models(pattern: str = "*", include_timm: bool = True) -> list[str]:
-    """Registered vitlab variants first, then timm's ViT-family architectures, filtered by a glob pattern."""
+def list_models(pattern: str = "*", include_timm: bool = True, task: str | None = None) -> list[str]:
+    """Registered vitlab variants first, then timm's ViT-family architectures, filtered by a glob pattern.
+    ``task``: only the variants built for that task (``classification``, ``detection``, ...; a name its spec knows,
+    aliases included); timm's architectures are backbones, listed for classification, mae and embedding."""
     _ensure_variants()
-    names = sorted(_MODELS) + (_timm_vit_names() if include_timm else [])
+    names = sorted(_MODELS)
+    if task is not None:
+        from vitlab.tasks.spec import get_task
+
+        task = get_task(task).name
+        backbone = task in ("classification", "mae", "embedding")  # a plain backbone variant serves all three
+        names = [n for n in names if _MODELS[n]().preprocess.task == ("classification" if backbone else task)]
+        include_timm = include_timm and backbone
+    names += _timm_vit_names() if include_timm else []
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def variant_spec(name: str) -> ModelSpec:
+    """A registered variant's spec as registered (no options applied), e.g. a denoiser's; an unknown name is one
+    line listing the close ones."""
+    _ensure_variants()
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=3)
+        raise VitlabError(f"unknown model {name!r}.{f' Did you mean {chr(44).join(close)}?' if close else ''} "
+                          "See `vitlab.list_models(include_timm=False)`.")
+    return _MODELS[name]()
 
 
 def _ensure_variants() -> None:
@@ -109,7 +130,11 @@ def resolve(name: str | os.PathLike, options: dict[str, Any] | None = None) -> M
                           f"supported options: {', '.join(BACKBONE_OPTIONS)}")
     _ensure_variants()
     if name in _MODELS:
-        return _with_options(_MODELS[name](), options)
+        spec = _MODELS[name]()
+        if spec.preprocess.task == "generation":
+            raise VitlabError(f"model {name!r} is a denoiser, not a ViT backbone: train it with "
+                              f"vitlab.tasks.DiffusionTask(model_name={name!r})")
+        return _with_options(spec, options)
     timm_names = _timm_vit_names()
     if name.split(".")[0] in timm_names:  # plain arch or arch.pretrained_tag (timm's naming)
         return ModelSpec(name, options, _timm_preprocess(name, options))

@@ -142,34 +142,48 @@ def save_detection_overlay(image: np.ndarray, path: str | os.PathLike, boxes: np
     return atomic_write(path, lambda p: canvas.save(p, format="PNG"))
 
 
+def _flat(value) -> np.ndarray:
+    """A mAP result's entry as a 1-D float64 array: torchmetrics gives per-class entries (``classes`` too) as 0-d
+    tensors when one class was seen, possibly on the GPU, so they are flattened, never iterated as they are."""
+    return torch.as_tensor(value).detach().cpu().double().reshape(-1).numpy()
+
+
+def _class_ids(result: dict) -> list[int]:
+    """The class ids along the K axis of a mAP result's per-class entries."""
+    return [int(c) for c in _flat(result.get("classes", []))]
+
+
 def detection_class_table(result: dict, names: list[str], gt_counts: list[int],
                           iou_thresholds: list[float]) -> list[dict[str, float | int | str | None]]:
-    """Per class: AP (IoU 0.50:0.95), AP50, AP75, AR@100 and the number of ground-truth boxes, from torchmetrics'
-    ``MeanAveragePrecision(class_metrics=True, extended_summary=True).compute()``. ``None`` where a class has no
-    ground truth in the split (COCO's -1)."""
-    classes = [int(c) for c in result.get("classes", torch.zeros(0)).tolist()]
+    """Per class: AP (IoU 0.50:0.95), AP50, AP75, AR@100 and the number of ground-truth boxes, from a COCO mAP
+    result with per-class entries (``vitlab.tasks.detection.coco_evaluate``, or torchmetrics'
+    ``MeanAveragePrecision(class_metrics=True, extended_summary=True).compute()``: the same layout). ``None`` where
+    a class has no ground truth in the split (COCO's -1), or was never seen; ``num_gt`` is 0 then."""
+    classes = _class_ids(result)
     precision = result.get("precision")  # [T, R, K, A, M]: IoU thr., recall thr., class, area range, max dets
 
     def ap_at(k: int, iou: float) -> float | None:
         if precision is None or iou not in iou_thresholds:
             return None
-        p = precision[iou_thresholds.index(iou), :, k, 0, -1]
+        p = torch.as_tensor(precision)[iou_thresholds.index(iou), :, k, 0, -1]
         return round(float(p[p > -1].mean()), 4) if bool((p > -1).any()) else None
 
     def value(key: str, k: int) -> float | None:
         v = result.get(key)
-        if v is None or v.numel() != len(classes) or float(v[k]) < 0:
+        v = None if v is None else _flat(v)
+        if v is None or v.size != len(classes) or float(v[k]) < 0:
             return None
         return round(float(v[k]), 4)
 
     rows = []
     for c, cname in enumerate(names):
         k = classes.index(c) if c in classes else None
-        present = k is not None and gt_counts[c] > 0
+        present = k is not None and c < len(gt_counts) and gt_counts[c] > 0
         rows.append({"class": cname, "class_id": c,
                      "ap": value("map_per_class", k) if present else None,
                      "ap50": ap_at(k, 0.5) if present else None, "ap75": ap_at(k, 0.75) if present else None,
-                     "ar100": value("mar_100_per_class", k) if present else None, "num_gt": int(gt_counts[c])})
+                     "ar100": value("mar_100_per_class", k) if present else None,
+                     "num_gt": int(gt_counts[c]) if c < len(gt_counts) else 0})
     return rows
 
 
@@ -186,9 +200,9 @@ def plot_pr_curves(result: dict, names: list[str], path: Path, iou: float = 0.5,
     precision = result.get("precision")
     thresholds = iou_thresholds or [round(0.5 + 0.05 * i, 2) for i in range(10)]
     if precision is not None and iou in thresholds:
-        p = precision[thresholds.index(iou), :, :, 0, -1].double()  # [R, K]
+        p = torch.as_tensor(precision)[thresholds.index(iou), :, :, 0, -1].double()  # [R, K]
         recall = np.linspace(0, 1, p.shape[0])
-        classes = [int(c) for c in result["classes"].tolist()]
+        classes = _class_ids(result)
         valid = [k for k in range(p.shape[1]) if bool((p[:, k] > -1).all())]
         for k in valid:
             c = classes[k]

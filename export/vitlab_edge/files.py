@@ -1,6 +1,6 @@
 """Atomic file writes (write beside the target, fsync, then rename, so readers never see half a file) and the
-record writers vitlab and the edge kit share: JSONL and CSV, one record per line, and COCO results JSON for
-detection records (``write_coco``)."""
+record writers vitlab and the edge kit share: JSONL and CSV, one record per line (``read_records`` reads them back
+for ``--resume``), and COCO results JSON for detection records (``write_coco``)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def write_csv(records: Iterable[dict[str, Any]], path: str | os.PathLike,
     return n
 
 
-JSON_COLUMNS = ("topk", "boxes", "scores", "labels", "class_ids")  # CSV cells holding JSON lists
+JSON_COLUMNS = ("topk", "boxes", "scores", "labels", "class_ids", "embedding")  # CSV cells holding JSON lists
 
 
 def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike,
@@ -92,6 +92,29 @@ def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike,
     if suffix == ".jsonl":
         return write_jsonl(records, path)
     return write_csv(records, path, fields)
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a finished JSONL or CSV output (what ``--resume`` starts from): CSV cells of
+    ``JSON_COLUMNS`` parsed back to lists, an empty ``error`` cell None; a damaged JSONL line raises ValueError
+    naming the file and line."""
+    path = Path(path)
+    if path.suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path}: use a .jsonl or .csv file name")
+    out = []
+    with open(path, newline="") as f:
+        if path.suffix == ".csv":
+            for row in csv.DictReader(f):
+                lists = {k: json.loads(row.get(k) or "[]") for k in JSON_COLUMNS if k in row}
+                out.append({**row, **lists, "error": row.get("error") or None})
+        else:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise ValueError(f"{path}:{i} is not a JSON record") from None
+    return out
 
 
 # --- COCO results ------------------------------------------------------------------------------------------------

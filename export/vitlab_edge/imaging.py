@@ -113,8 +113,6 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     The frame Pillow opens is the one decoded: a multi-frame file's first frame (GIF, APNG, TIFF pages, WebP
     animation, MPO), a PSD's composite, an ICO's largest size. Seeking is left to Pillow, because formats
     differ in what frame 0 means (PSD numbers its layers from 1; SPIDER refuses to seek outside a stack)."""
-    from PIL import Image
-
     p = Path(path)
     try:
         st = os.stat(p)  # one call for both checks: this runs per file, and small files decode in ~40 us
@@ -122,12 +120,29 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             raise ImageReadError(p, "is a directory")
         if st.st_size == 0:
             raise ImageReadError(p, "empty file")
-        with Image.open(p) as img:
+        with _open(p) as img:
             return decode_pil(img, max_pixels, p, draft, owned=True)
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for bad data: UnidentifiedImageError, OSError, SyntaxError, ...
         raise ImageReadError(p, _reason(e)) from None
+
+
+def _open(path: Path):
+    """``Image.open`` with the format the suffix names tried first, then every format in Pillow's fixed order.
+
+    A bare ``Image.open`` tries the plugins already imported first, so its answer depends on what the process read
+    before: once a .tga has been read, TGA's loose header check claims an ICO (Pillow's own ``pillow.ico`` opens
+    as a 32x19140 TGA that cannot load). A file whose content is not what its suffix says is still found."""
+    from PIL import Image, UnidentifiedImageError
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())  # imports every plugin once: a fixed order
+    if fmt in Image.OPEN:  # not MPO: Pillow opens it through JPEG
+        try:
+            return Image.open(path, formats=[fmt])
+        except UnidentifiedImageError:
+            pass
+    return Image.open(path)
 
 
 def decode_pil(img, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | os.PathLike | None = None,
@@ -241,12 +256,16 @@ def resize(image: np.ndarray, size: tuple[int, int], policy: str = "squash", int
 
 
 def to_layout(image: np.ndarray, channels: int) -> np.ndarray:
-    """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes."""
+    """HWC uint8 (any channel count the decoder produced) -> CHW uint8 with ``channels`` planes.
+
+    Colour to grey is ITU-R 601-2 luma, 0.299 R + 0.587 G + 0.114 B in float, rounded to nearest. Pillow's
+    ``convert("L")`` computes the same sum in 16-bit fixed point: the two differ by one level (never more) on 9,481
+    of the 16,777,216 RGB colours (0.057 %)."""
     if image.ndim == 2:
         image = image[:, :, None]
     have = image.shape[2]
     if have != channels:
-        if channels == 1 and have >= 3:  # ITU-R 601 luma, as PIL's convert("L")
+        if channels == 1 and have >= 3:  # ITU-R 601-2 luma (see above)
             image = (image[:, :, :3] @ np.array([0.299, 0.587, 0.114]))[:, :, None].round().astype(np.uint8)
         elif channels == 1 or have < 3:  # grey (+ alpha) in, or one plane wanted from two: the first plane
             image = np.repeat(image[:, :, :1], channels, axis=2)

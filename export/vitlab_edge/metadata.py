@@ -14,7 +14,8 @@ runs: ``score_thresh``, ``nms_thresh``, ``topk``, ``max_det``, ``class_agnostic`
 ``[N]``, ``guidance`` float32 ``[N]``, output ``v`` (``input_dtype`` "float32"), with ``objective``
 (``rectified_flow``), the sampling defaults ``sampler`` (euler | heun), ``steps``, ``guidance``, the "no label"
 class ``null_class`` (= the number of classes) and ``pixel_scale`` (``x0 = image / pixel_scale - 1``); see
-``vitlab_edge.sampling``.
+``vitlab_edge.sampling``. ``embedding``: ``embedding`` float32 ``[N, embedding_dim]``, the backbone's pooled features
+with unit L2 norm (from a classifier, detector or MAE checkpoint, or a bare backbone).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolat
 # per task: the keys it adds (a detector's: its post-processing options) and the outputs its graph has; vitlab's
 # exporter and torch backend take both from here
 TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic"),
-             "generation": ("objective", "sampler", "steps", "guidance", "null_class", "pixel_scale")}
+             "generation": ("objective", "sampler", "steps", "guidance", "null_class", "pixel_scale"),
+             "embedding": ("embedding_dim",)}
 TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets"),
-                "generation": ("v",)}
+                "generation": ("v",), "embedding": ("embedding",)}
 GENERATION_INPUTS = ("x", "t", "y", "guidance")
 
 

@@ -10,6 +10,8 @@ record fields; ``DECODERS`` maps the task name (checkpoint ``preprocess.task``, 
   ORIGINAL image's pixels: the letterbox undone with ``vitlab_edge.boxes.boxes_to_original``, clipped to the image;
   for EXIF-rotated files the image as displayed, since decoding applies the orientation), ``scores``, ``labels``
   (names) and ``class_ids``, best score first.
+- ``embedding``: ``embedding [N, D]`` (float32, unit L2 norm: a dot product is the cosine similarity) ->
+  ``embedding`` (a list of D floats).
 
 A record is ``{"index", "source", <the task's fields>, "error"}``; an input that could not be read gets the task's
 ``empty`` fields and its ``error``.
@@ -88,6 +90,10 @@ def _detection(outputs: dict[str, np.ndarray], row: int, ctx: RowContext) -> dic
                             int(outputs["num_dets"][row]), ctx)
 
 
+def _embedding(outputs: dict[str, np.ndarray], row: int, ctx: RowContext) -> dict[str, Any]:
+    return {"embedding": [float(v) for v in np.asarray(outputs["embedding"][row], np.float32)]}
+
+
 DECODERS: dict[str, RecordDecoder] = {
     "classification": RecordDecoder(
         "classification", ("probs",), ("label", "class_id", "prob", "topk"),
@@ -95,6 +101,7 @@ DECODERS: dict[str, RecordDecoder] = {
     "detection": RecordDecoder(
         "detection", ("boxes", "scores", "labels", "num_dets"), ("boxes", "scores", "labels", "class_ids"),
         lambda: {"boxes": [], "scores": [], "labels": [], "class_ids": []}, _detection),
+    "embedding": RecordDecoder("embedding", ("embedding",), ("embedding",), lambda: {"embedding": []}, _embedding),
 }
 
 

@@ -191,7 +191,10 @@ class FashionMNISTDataModule(ClassificationDataModule):
 
     ``limit`` keeps the first N images of each split (tests, smoke runs). ``label_fraction`` < 1 keeps that share
     of the training images, the same share of every class, chosen by ``seed`` (label-scarce experiments); the
-    validation split (``val_fraction``) is then held out of those labeled images only.
+    validation split (``val_fraction``) is then held out of those labeled images only. The files are looked for in
+    ``data_dir``, ``$VITLAB_DATA``, ``./data`` and Debian's folder (``fashion_mnist_root``); ``download: true``
+    fetches them, when found nowhere, into ``<data_dir>/fashion-mnist`` (default ``./data/fashion-mnist``, where
+    every later reader finds them).
     """
 
     def __init__(self, data_dir: str | None = None, download: bool = False, limit: int | None = None,

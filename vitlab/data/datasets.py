@@ -27,6 +27,7 @@ FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+DEFAULT_DATA_DIR = "data"  # relative to the working directory: where ``download: true`` writes without a data_dir
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -48,7 +49,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find_fmnist(data_dir: str | os.PathLike | None) -> Path | None:
-    candidates = [data_dir, os.environ.get("VITLAB_DATA"), DEBIAN_FMNIST]
+    """The first folder holding all four IDX files: ``data_dir``, ``$VITLAB_DATA``, ``DEFAULT_DATA_DIR`` (where
+    ``download: true`` puts them), Debian's folder; each as given or with ``fashion-mnist`` / ``fashion_mnist``."""
+    candidates = [data_dir, os.environ.get("VITLAB_DATA"), DEFAULT_DATA_DIR, DEBIAN_FMNIST]
     for c in candidates:
         if not c:
             continue
@@ -70,17 +73,19 @@ def _download_fmnist(target: Path) -> Path:
 def fashion_mnist_root(data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The folder holding the four Fashion-MNIST IDX files (plain or .gz), without reading them.
 
-    Looks in ``data_dir``, ``$VITLAB_DATA``, then Debian's ``/usr/share/datasets/fashion-mnist``; downloads
-    the canonical files into ``data_dir`` only when ``download=True``.
+    Looks in ``data_dir``, ``$VITLAB_DATA``, ``./data`` (``DEFAULT_DATA_DIR``), then Debian's
+    ``/usr/share/datasets/fashion-mnist``; downloads the canonical files into ``<data_dir>/fashion-mnist`` (default
+    ``./data/fashion-mnist``, where the next call finds them) only when ``download=True``.
     """
     root = _find_fmnist(data_dir)
     if root is not None:
         return root
     if not download:
         raise VitlabError(
-            f"Fashion-MNIST not found in data_dir={data_dir}, $VITLAB_DATA or {DEBIAN_FMNIST}: "
-            "install it with `apt-get install dataset-fashion-mnist`, or set download: true")
-    return _download_fmnist(Path(data_dir or "data") / "fashion-mnist")
+            f"Fashion-MNIST not found in data_dir={data_dir}, $VITLAB_DATA, ./{DEFAULT_DATA_DIR} or {DEBIAN_FMNIST}: "
+            "install it with `apt-get install dataset-fashion-mnist`, set VITLAB_DATA to its folder, or set "
+            "data.init_args.download: true")
+    return _download_fmnist(Path(data_dir or DEFAULT_DATA_DIR) / "fashion-mnist")
 
 
 def fashion_mnist_arrays(split: str, data_dir: str | os.PathLike | None = None,

@@ -6,14 +6,19 @@ once), then every split the PreprocessCfg letterbox (``PreprocessCfg.prepare``),
 ``vitlab_edge.boxes.boxes_to_input``, the rule the Predictor and the edge kit use to map them back.
 
 COCO categories keep their ids (any integers) in ``category_ids``; labels are their positions, sorted by id, so
-``category_ids[label]`` is the COCO id again. Reading an annotation file:
+``category_ids[label]`` is the COCO id again. Reading an annotation file into training targets:
 
 - images without annotations are kept: negatives;
-- ``iscrowd: 1`` boxes are dropped from the targets (a crowd box marks a region of many instances, not an object
-  to regress to; COCO evaluation ignores detections inside them, and this loader does not train on them);
+- ``iscrowd: 1`` boxes are left out of the targets, as torchvision's and detectron2's COCO loaders do: a crowd box
+  marks a region of many instances, not one object to regress to, so the detector never learns it as an object;
 - boxes are clipped to the image (``width`` / ``height`` of the JSON, then the decoded image), and those under
-  1 px wide or high after clipping are dropped; each file logs what it dropped once;
+  1 px wide or high after clipping (or after the letterbox, in ``DetectionSamples``) are left out: there is no
+  point to learn them from; each file logs what it left out once;
 - unreadable image files are skipped and counted (the batch's ``skipped``), or raise with ``on_bad_image: raise``.
+
+Evaluation does not use these targets: ``vitlab test`` and validation score against the split's annotation file
+itself (``coco_annotations``, ``vitlab.tasks.detection.CocoMAP``), where crowd boxes are COCO's ignore regions and
+every other box, however small, is ground truth.
 """
 
 from __future__ import annotations
@@ -132,8 +137,9 @@ def read_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike,
                          np.array([b for b, _ in boxes[int(im["id"])]], np.float32).reshape(-1, 4),
                          np.array([lbl for _, lbl in boxes[int(im["id"])]], np.int64)) for im in images]
     if any(dropped.values()):
-        log.warning("COCO annotations %s: %d crowd boxes left out of the targets (iscrowd: 1), %d boxes clipped to "
-                    "the image, %d degenerate boxes (under 1 px after clipping) dropped",
+        log.warning("COCO annotations %s: %d crowd boxes (iscrowd: 1) left out of the training targets, %d boxes "
+                    "clipped to the image, %d degenerate boxes (under 1 px after clipping) left out of them; "
+                    "evaluation reads the file as it is",
                     path, dropped["crowd"], dropped["clipped"], dropped["degenerate"])
     return CocoSplit(path, images_dir, records, ids, [str(c["name"]) for c in cats], dropped)
 

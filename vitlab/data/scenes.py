@@ -211,6 +211,25 @@ def scenes_paths(root: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
     return {s: (root / s, root / "annotations" / f"{s}.json") for s in SPLITS}
 
 
+def existing_scenes(root: str | os.PathLike, split: str = "test") -> tuple[Path, Path]:
+    """(images folder, COCO JSON) of a ``split`` of the scenes already written under ``root``, whatever sizes, image
+    size and seed made them: for readers that must not (re)generate, which would replace a user's scenes. A
+    VitlabError in one line when there are none, saying what to pass instead."""
+    if split not in SPLITS:
+        raise VitlabError(f"scenes split must be one of {SPLITS}, got {split!r}")
+    images_dir, annotations = scenes_paths(root)[split]
+    hint = ("pass --eval-data IMAGES_DIR ANNOTATIONS.json (held-out COCO data), or write the scenes first "
+            "(vitlab fit --config configs/detect/scenes_demo.yaml)")
+    try:
+        params = json.loads((Path(root) / "params.json").read_text(encoding="utf-8"))
+        count = int(params["sizes"][split])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise VitlabError(f"no scenes under {root} (no {Path(root) / 'params.json'}): {hint}") from None
+    if count < 1 or not images_dir.is_dir() or not annotations.is_file():
+        raise VitlabError(f"the scenes under {root} have no {split} images ({annotations}): {hint}")
+    return images_dir, annotations
+
+
 def write_scenes(root: str | os.PathLike = "data/scenes", sizes: dict[str, int] | None = None, image_size: int = 128,
                  seed: int = 0, data_dir: str | os.PathLike | None = None) -> dict[str, tuple[Path, Path]]:
     """Generate the scenes under ``root`` once; returns ``scenes_paths(root)``.

@@ -1,26 +1,25 @@
 """Inference backends behind one small protocol: uint8 batches in, the exported graph's named outputs out.
 
 ``TorchBackend`` runs a task's model (from a Lightning checkpoint) and returns what the ONNX graph of that task
-returns (``TORCH_TASKS``: classification ``probs``; detection ``boxes``, ``scores``, ``labels``, ``num_dets`` from
-the model's one ``postprocess`` with the checkpoint's thresholds); ``OrtBackend`` runs an exported ONNX model
-through the edge kit's session (CUDA when granted, else CPU). Both read the same PreprocessCfg, so the Predictor
-prepares pixels identically for either, and the edge kit's record decoder (``vitlab_edge.records``) reads both.
+returns (its ``TaskSpec.outputs``: classification ``probs``; detection ``boxes``, ``scores``, ``labels``,
+``num_dets`` from the model's one ``postprocess`` with the checkpoint's thresholds; embedding ``embedding``);
+``OrtBackend`` runs an exported ONNX model through the edge kit's session (CUDA when granted, else CPU). Both read
+the same PreprocessCfg, so the Predictor prepares pixels identically for either, and the edge kit's record decoder
+(``vitlab_edge.records``) reads both.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from vitlab_edge.metadata import TASK_KEYS
 
 from vitlab.errors import VitlabError
 from vitlab.inference.threads import check_threads, torch_threads
 from vitlab.preprocess import PreprocessCfg
+from vitlab.tasks.spec import get_task, task_of_module
 
 
 class Backend(Protocol):
@@ -37,40 +36,37 @@ class Backend(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class TorchTask:
-    """How a task's torch model gives the exported graph's outputs: ``outputs(model, images, **options)`` -> named
-    tensors, and ``options``, the task hyper-parameters passed to it (post-processing thresholds)."""
-
-    outputs: Callable[..., dict[str, Any]]
-    options: tuple[str, ...] = ()
-
-
-def _classification_outputs(model, images):
-    return {"probs": model(images).softmax(-1)}
-
-
-def _detection_outputs(model, images, **options):
-    return model.postprocess(model(images), **options)  # the one postprocess the exported graph runs too
-
-
-TORCH_TASKS = {  # PreprocessCfg.task -> how its torch model answers
-    "classification": TorchTask(_classification_outputs),
-    "detection": TorchTask(_detection_outputs, TASK_KEYS["detection"]),  # the post-processing options
-}
-
-
-def _torch_task(model) -> TorchTask:
-    task = model.preprocess.task
-    if task not in TORCH_TASKS:
-        raise VitlabError(f"no inference for task {task!r}; supported: {', '.join(TORCH_TASKS)}")
-    return TORCH_TASKS[task]
+def _outputs_of(model):
+    """How ``model`` answers: its task's ``TaskSpec.outputs`` (by ``model.preprocess.task``)."""
+    spec = get_task(model.preprocess.task)
+    if spec.outputs is None:
+        raise VitlabError(f"a {spec.name} model answers no images; {spec.instead}")
+    return spec.outputs
 
 
 def task_options(task) -> dict[str, Any]:
     """The inference options a trained task (LightningModule) keeps in its hyper-parameters, e.g. a detector's
-    score / NMS thresholds and ``max_det``."""
-    return {k: task.hparams[k] for k in _torch_task(task.model).options if k in task.hparams}
+    score / NMS thresholds and ``max_det`` (its ``TaskSpec.options``)."""
+    return {k: task.hparams[k] for k in get_task(task.model.preprocess.task).options if k in task.hparams}
+
+
+def inference_model(trained, task: str | None = None, what: str = "the model") -> tuple[Any, dict[str, Any]]:
+    """(the model that answers, its options) for a trained task (``vitlab.load``) served as ``task`` (default: what
+    its ``TaskSpec`` serves: itself, or an MAE's ``embedding``). ``embedding`` works for every task with a ViT
+    backbone; a verb that does not apply raises one line naming ``what`` and what to use instead."""
+    from vitlab.models.embed import create_embedder
+
+    own = task_of_module(type(trained).__name__)
+    want = get_task(task).name if task else own.served.name
+    if want == "embedding":
+        if not hasattr(getattr(trained, "model", None), "backbone"):
+            raise own.refuse("embedding", what)
+        return create_embedder(trained.model), {}
+    if want != own.name:
+        raise VitlabError(f"{what} is a {own.name} model; it answers {own.served.name} or embedding, not {want}")
+    if own.outputs is None:
+        raise own.refuse("predict", what)
+    return trained.model, task_options(trained)
 
 
 class TorchBackend:
@@ -86,7 +82,7 @@ class TorchBackend:
         self.preprocess = model.preprocess
         self.options = dict(options or {})
         self.threads = check_threads(threads)
-        _torch_task(model)
+        _outputs_of(model)
         self.name = f"torch[{self.device}]"
 
     @property
@@ -98,9 +94,11 @@ class TorchBackend:
         return TorchBackend(self.model, str(self.device), self.options, threads)
 
     @classmethod
-    def from_task(cls, task, device: str | None = None, threads: int | None = None) -> TorchBackend:
-        """The backend of a trained task (``vitlab.load``), with its inference options."""
-        return cls(task.model, device, task_options(task), threads)
+    def from_task(cls, trained, device: str | None = None, threads: int | None = None, task: str | None = None,
+                  what: str = "the model") -> TorchBackend:
+        """The backend of a trained task (``vitlab.load``) served as ``task`` (see ``inference_model``)."""
+        model, options = inference_model(trained, task, what)
+        return cls(model, device, options, threads)
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch_threads(self.threads):
@@ -119,7 +117,7 @@ def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | No
     integers kept int64), as its task's ONNX graph gives them."""
     import torch
 
-    run = _torch_task(model).outputs
+    run = _outputs_of(model)
     with torch.inference_mode():
         x = torch.from_numpy(batch).to(device, non_blocking=True)
         out = run(model, x, **(options or {}))
@@ -168,14 +166,36 @@ class OrtBackend:
 
 
 def load_backend(path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
-                 threads: int | None = None) -> Backend:
-    """A backend for a ``.onnx`` file or a vitlab Lightning checkpoint; ``threads``: the model's intra-op threads
-    on CPU (default: the runtime's, one per core)."""
+                 threads: int | None = None, task: str | None = None, pretrained: bool | str | None = None
+                 ) -> Backend:
+    """A backend for a ``.onnx`` file, a vitlab Lightning checkpoint, or a model name (a vitlab variant or timm ViT:
+    its embeddings; ``pretrained`` as for ``create_backbone``). ``task``: serve a checkpoint as another task
+    (``embedding``: any checkpoint with a ViT backbone); an ONNX file answers the task it was exported for.
+    ``threads``: the model's intra-op threads on CPU (default: the runtime's, one per core)."""
     p = Path(path)
     if not p.is_file():
+        if _is_model_name(str(path)):
+            from vitlab.models.embed import create_embedder
+
+            if task is not None and get_task(task).name != "embedding":
+                raise VitlabError(f"{path} is a bare backbone: it answers embedding, not {task}")
+            return TorchBackend(create_embedder(str(path), pretrained=pretrained), device, threads=threads)
         raise VitlabError(f"model file {p} does not exist")
     if p.suffix == ".onnx":
-        return OrtBackend(p, providers, threads)
+        backend = OrtBackend(p, providers, threads)
+        if task is not None and get_task(task).name != backend.preprocess.task:
+            raise VitlabError(f"{p} was exported as a {backend.preprocess.task} model; for {task} export the "
+                              f"checkpoint with `vitlab export CKPT --task {task}`")
+        return backend
     from vitlab.tasks import load_task
 
-    return TorchBackend.from_task(load_task(p), device, threads)
+    return TorchBackend.from_task(load_task(p), device, threads, task, str(p))
+
+
+def _is_model_name(name: str) -> bool:
+    """A registered vitlab variant or a timm ViT-family name (``arch`` or ``arch.tag``), not a path."""
+    from vitlab.registry import list_models
+
+    if os.sep in name or "/" in name or Path(name).suffix in (".ckpt", ".onnx", ".pt", ".pth", ".safetensors"):
+        return False
+    return name.split(".")[0] in set(list_models())

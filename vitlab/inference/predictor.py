@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,52 +26,13 @@ from vitlab_edge.progress import Progress
 from vitlab.errors import VitlabError
 from vitlab.inference.backends import Backend, load_backend
 from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError
+from vitlab.inference.results import DetectionPrediction, EmbeddingPrediction, Prediction
 from vitlab.inference.threads import ThreadTrial, cpu_cores
 from vitlab.preprocess import PreprocessCfg
+from vitlab.tasks.spec import get_task
 
-
-@dataclass
-class Prediction:
-    """One input's answer (or its ``error``); ``to_dict`` gives the JSONL record, same keys as the edge kit's."""
-
-    index: int
-    source: str
-    label: str | None = None
-    class_id: int | None = None
-    prob: float | None = None
-    topk: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    decode_ms: float = 0.0
-    infer_ms: float = 0.0
-    overlay: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class DetectionPrediction:
-    """One input's detections (or its ``error``): ``boxes`` (``[x1, y1, x2, y2]`` in the ORIGINAL image's pixels,
-    the letterbox undone; EXIF-rotated files: as displayed), ``scores``, ``labels`` (names), ``class_ids``, best
-    first; ``to_dict`` gives the JSONL record, same keys as the edge kit's."""
-
-    index: int
-    source: str
-    boxes: list[list[float]] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    class_ids: list[int] = field(default_factory=list)
-    error: str | None = None
-    decode_ms: float = 0.0
-    infer_ms: float = 0.0
-    overlay: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
+Result = Prediction | DetectionPrediction | EmbeddingPrediction
 MIN_TRIAL_BATCHES = 40  # a stream of fewer batches keeps the model's default threads (no thread trial)
-RESULT_TYPES = {"classification": Prediction, "detection": DetectionPrediction}  # PreprocessCfg.task -> result
 
 
 def to_hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
@@ -131,13 +91,13 @@ def collate_decoded(samples: list) -> dict[str, Any]:
 
 
 def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[str, np.ndarray]],
-                      preprocess: PreprocessCfg, topk: int) -> list[Prediction | DetectionPrediction]:
+                      preprocess: PreprocessCfg, topk: int) -> list[Result]:
     """One result per sample of a decoded batch: ``infer`` (uint8 ``[M, C, H, W]`` -> the task's named outputs, see
     ``Backend``) runs, timed, on the good samples only, and each gets its row in order, decoded by the edge kit's
-    record decoder of ``preprocess.task`` into that task's result type (``RESULT_TYPES``)."""
+    record decoder of ``preprocess.task`` into that task's result type (``TaskSpec.result``)."""
     from vitlab_edge.records import RowContext, decoder_for
 
-    decoder, result = decoder_for(preprocess.task), RESULT_TYPES[preprocess.task]
+    decoder, result = decoder_for(preprocess.task), get_task(preprocess.task).load("result")
     outputs, infer_s = None, 0.0
     if batch["image"] is not None:
         t = time.perf_counter()
@@ -178,8 +138,8 @@ class Predictor:
     def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.backend, self.max_pixels = backend, max_pixels
         self.thread_trial: dict[str, Any] | None = None  # what the last stream's thread trial saw and kept
-        if self.task not in RESULT_TYPES:
-            raise VitlabError(f"no batch inference for task {self.task!r}; supported: {', '.join(RESULT_TYPES)}")
+        if get_task(self.task).result is None:
+            raise VitlabError(f"no batch inference for {self.task} models")
 
     @property
     def task(self) -> str:
@@ -187,15 +147,39 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
-             max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int | None = None) -> Predictor:
-        """A Predictor for a Lightning checkpoint (torch on ``device``) or an exported ``.onnx`` (``providers``).
+             max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int | None = None, task: str | None = None,
+             pretrained: bool | str | None = None) -> Predictor:
+        """A Predictor for a Lightning checkpoint (torch on ``device``), an exported ``.onnx`` (``providers``) or a
+        model name (a vitlab variant or timm ViT: embeddings; ``pretrained`` as for ``vitlab.create_backbone``).
+
+        ``task``: what to answer (default: the checkpoint's own task; an MAE checkpoint's embeddings).
+        ``task="embedding"`` gives L2-normalised pooled features from any checkpoint with a ViT backbone. A
+        checkpoint that answers no images (a diffusion model) is refused in one line naming what to use.
 
         ``threads``: the model's intra-op threads on CPU. Default: chosen per stream, because the decode workers
         share the cores with them: one per core, or ``cores - num_workers`` when a trial on the stream's first
         batches measures that faster (decoding sets the pace: a small model, or large files for a small input;
         ``vitlab.inference.threads.ThreadTrial``); ``thread_trial`` tells what the last stream's trial saw and
         kept. A number fixes the count (no trial)."""
-        return cls(load_backend(path, device=device, providers=providers, threads=threads), max_pixels)
+        return cls(load_backend(path, device=device, providers=providers, threads=threads, task=task,
+                                pretrained=pretrained), max_pixels)
+
+    @classmethod
+    def from_model(cls, model: Any, task: str | None = None, device: str | None = None,
+                   threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
+        """A Predictor over an in-memory model: a trained task (``vitlab.load``), a vitlab model (classifier,
+        detector) or, with ``task="embedding"``, anything with a ViT backbone."""
+        from vitlab.inference.backends import TorchBackend
+        from vitlab.models.embed import create_embedder
+        from vitlab.tasks.base import VitlabTask
+
+        if isinstance(model, VitlabTask):
+            return cls(TorchBackend.from_task(model, device, threads, task), max_pixels)
+        if task is not None and get_task(task).name == "embedding":
+            model = create_embedder(model)
+        elif task is not None and get_task(task).name != getattr(getattr(model, "preprocess", None), "task", None):
+            raise VitlabError(f"a {type(model).__name__} does not answer {task}")
+        return cls(TorchBackend(model, device, threads=threads), max_pixels)
 
     @property
     def preprocess(self) -> PreprocessCfg:
@@ -207,14 +191,15 @@ class Predictor:
 
     def predict(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
                 overlays: str | os.PathLike | None = None, explain: bool = False,
-                progress: bool | None = False) -> list[Prediction | DetectionPrediction]:
-        """Every input's Prediction (a ``DetectionPrediction`` for a detector), in input order (see ``stream`` for
+                progress: bool | None = False) -> list[Result]:
+        """Every input's result (``Prediction``; ``DetectionPrediction`` for a detector, ``EmbeddingPrediction`` for
+        embeddings), in input order (see ``stream`` for
         bounded memory and ``progress``)."""
         return list(self.stream(source, batch_size, num_workers, topk, overlays, explain, progress))
 
     def stream(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
                overlays: str | os.PathLike | None = None, explain: bool = False,
-               progress: bool | None = False) -> Iterator[Prediction]:
+               progress: bool | None = False) -> Iterator[Result]:
         """Predictions one by one in input order; decoding runs ahead in ``num_workers`` processes (default: one
         per spare core, at most 4), holding at most a few batches. ``overlays``: a folder for one PNG per image
         (the model's input with its label, or its boxes of score >= 0.3 for a detector; with ``explain``, the
@@ -227,10 +212,12 @@ class Predictor:
             raise VitlabError("explain needs the checkpoint: an ONNX graph's fused attention keeps no weights to "
                               "roll out; load the .ckpt instead")
         out = Path(overlays) if overlays is not None else None
+        if out is not None and get_task(self.task).overlay is None:
+            raise VitlabError(f"overlays draw labels or boxes; a {self.task} model has nothing to draw")
         if explain and out is None:
             raise VitlabError("explain writes overlays: pass overlays=FOLDER (--overlays DIR)")
-        if explain and self.task not in EXPLAIN_TASKS:
-            raise VitlabError(f"explain (attention rollout) is for {', '.join(EXPLAIN_TASKS)} models, not "
+        if explain and not get_task(self.task).explain:
+            raise VitlabError(f"explain (attention rollout) is for classification models, not "
                               f"{self.task}; use --overlays alone")
         loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels)
         trial, self.thread_trial = self._thread_trial(loader.num_workers, len(loader)), None
@@ -260,50 +247,17 @@ class Predictor:
         return ThreadTrial(self.backend, lambda: self.backend.with_threads(fewer), workers)
 
     def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool,
-             backend: Backend) -> list[Prediction]:
+             backend: Backend) -> list[Result]:
         preds = batch_predictions(batch, backend, self.preprocess, topk)
         if overlays is not None and batch["image"] is not None:
             maps = backend.attention_maps(batch["image"]) if explain else None
             good = [(p, hw) for p, hw in zip(preds, batch["orig_hw"]) if p.error is None]
-            draw = OVERLAYS[self.task]
+            draw = get_task(self.task).load("overlay")
             for k, ((pred, hw), image) in enumerate(zip(good, batch["image"])):
                 name = f"{pred.index:06d}_{Path(pred.source).stem if not pred.source.startswith('<') else 'input'}.png"
                 pred.overlay = str(draw(pred, image, hw, list(self.labels), overlays / name,
                                         None if maps is None else maps[k]))
         return preds
-
-
-def classification_overlay(pred: Prediction, image: np.ndarray, orig_hw: tuple[int, int], labels: list[str],
-                           path: Path, heatmap: np.ndarray | None = None) -> Path:
-    """The model's input (CHW uint8) with the top-1 label, and the attention rollout over it when given."""
-    from vitlab.viz import save_overlay
-
-    return save_overlay(image, f"{pred.label} {pred.prob:.2f}", path, heatmap)
-
-
-def detection_overlay(pred: DetectionPrediction, image: np.ndarray, orig_hw: tuple[int, int], labels: list[str],
-                      path: Path, heatmap: np.ndarray | None = None) -> Path:
-    """The model's input cut to the image (the letterbox padding removed: the original at the model's scale) with
-    the record's boxes of score >= 0.3 (at most 30, the test report's rule), mapped there from original pixels."""
-    from vitlab_edge.boxes import boxes_to_input, letterbox_geometry
-
-    from vitlab.tasks.detection import OVERLAY_MAX_BOXES, OVERLAY_MIN_SCORE
-    from vitlab.viz import save_detection_overlay
-
-    h, w = image.shape[1:]
-    sy, sx, top, left = letterbox_geometry(orig_hw, (h, w))
-    rh, rw = round(orig_hw[0] * sy), round(orig_hw[1] * sx)
-    keep = [k for k, s in enumerate(pred.scores) if s >= OVERLAY_MIN_SCORE][:OVERLAY_MAX_BOXES]
-    boxes = boxes_to_input(np.array([pred.boxes[k] for k in keep], np.float32).reshape(-1, 4), orig_hw, (h, w))
-    boxes -= np.array([left, top, left, top], np.float32)
-    title = f"{Path(pred.source).name}: {len(keep)} boxes (score >= {OVERLAY_MIN_SCORE})"
-    return save_detection_overlay(image.transpose(1, 2, 0)[top:top + rh, left:left + rw], path, boxes,
-                                  np.array([pred.class_ids[k] for k in keep], np.int64), labels,
-                                  np.array([pred.scores[k] for k in keep], np.float32), title=title)
-
-
-OVERLAYS = {"classification": classification_overlay, "detection": detection_overlay}  # task -> --overlays PNG
-EXPLAIN_TASKS = ("classification",)  # attention rollout reads a classifier's pooled token
 
 
 def default_workers() -> int:

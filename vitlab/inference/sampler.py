@@ -19,10 +19,13 @@ from vitlab.errors import VitlabError
 
 
 class Sampler:
-    """A generator of class-conditional images; ``labels`` are the class names (``class_ids`` their order)."""
+    """A generator of class-conditional images; ``labels`` are the class names (``class_ids`` their order) and id
+    ``num_classes`` (default ``len(labels)``) is "no label": unconditional samples, as in ``vitlab_edge.Sampler``."""
 
-    def __init__(self, backend: Any, labels: Sequence[str], input_size: tuple[int, int, int], name: str) -> None:
+    def __init__(self, backend: Any, labels: Sequence[str], input_size: tuple[int, int, int], name: str,
+                 num_classes: int | None = None) -> None:
         self.backend, self.labels, self.input_size, self.name = backend, list(labels), tuple(input_size), name
+        self.num_classes = len(self.labels) if num_classes is None else int(num_classes)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None,
@@ -48,21 +51,21 @@ class Sampler:
             raise VitlabError(f"{path} is a {type(task).__name__} checkpoint; sampling needs a DiffusionTask one")
         task.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         labels = list(task.preprocess.labels) or [str(i) for i in range(task.hparams.num_classes)]
-        return cls(task, labels, task.preprocess.input_size, f"torch ({task.device})")
+        return cls(task, labels, task.preprocess.input_size, f"torch ({task.device})", task.hparams.num_classes)
 
     @classmethod
     def from_edge(cls, edge: Any) -> Sampler:
         """A Sampler over a ``vitlab_edge.Sampler`` (an exported denoiser with its own session options)."""
         labels = edge.labels or [str(i) for i in range(edge.num_classes)]
-        return cls(edge, labels, edge.input_size, f"onnxruntime ({', '.join(edge.providers)})")
+        return cls(edge, labels, edge.input_size, f"onnxruntime ({', '.join(edge.providers)})", edge.num_classes)
 
     def class_ids(self, labels: Sequence[int | str]) -> list[int]:
-        """Class ids from ids or names (``vitlab_edge.sampler.class_ids``, without the "no label" id); a name or id
-        the model does not have is one clear error."""
+        """Class ids from ids or names (``vitlab_edge.sampler.class_ids``): ``0 .. num_classes - 1``, and
+        ``num_classes`` for "no label" (unconditional); a name or id the model does not have is one clear error."""
         from vitlab_edge.sampler import LabelError, class_ids
 
         try:
-            return class_ids(labels, self.labels, len(self.labels), unconditional=False).tolist()
+            return class_ids(labels, self.labels, self.num_classes).tolist()
         except LabelError as e:
             raise VitlabError(f"label {e.label!r} is not a class of this model: {e}") from None
 

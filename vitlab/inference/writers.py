@@ -6,7 +6,6 @@ inputs with Lightning's ``UnrepeatedDistributedSamplerWrapper``: no padding, no 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterable
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
-from vitlab_edge.files import CSV_FIELDS, JSON_COLUMNS
+from vitlab_edge.files import CSV_FIELDS
+from vitlab_edge.files import read_records as read_any
 from vitlab_edge.files import write_coco as write_coco_any
 from vitlab_edge.files import write_records as write_any
 
@@ -51,28 +51,18 @@ def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annot
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of an earlier JSONL/CSV output (for ``--resume``); a damaged line is an error naming the file."""
-    path = check_output(path)
-    out = []
-    with open(path, newline="") as f:
-        if path.suffix == ".csv":
-            for row in csv.DictReader(f):
-                lists = {k: json.loads(row.get(k) or "[]") for k in JSON_COLUMNS if k in row}
-                out.append({**row, **lists, "error": row.get("error") or None})
-        else:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise VitlabError(f"{path}:{i} is not a JSON record; cannot resume from it") from None
-    return out
+    try:
+        return read_any(check_output(path))
+    except ValueError as e:
+        raise VitlabError(str(e)) from None
 
 
 class ShardedPredictionWriter(BasePredictionWriter):
-    """Each rank appends its batches' records to ``<out>.rank<R>.part``; after the epoch, rank 0 checks that every
-    sample index ``0..num_samples-1`` is there exactly once and writes ``out`` atomically in input order. Rank 0's
-    verdict is broadcast, so on failure every rank raises the same ``VitlabError`` at once (none is left waiting
-    at a barrier until the DDP timeout)."""
+    """Each rank appends its batches' records to ``<out>.rank<R>.part``, flushed batch by batch; after the epoch,
+    rank 0 checks that every sample index ``0..num_samples-1`` is there exactly once and writes ``out`` atomically
+    in input order. Rank 0's verdict is broadcast, so on failure every rank raises the same ``VitlabError`` at once
+    (none is left waiting at a barrier until the DDP timeout). ``vitlab predict`` names ``out`` as a journal file
+    (``vitlab_edge.journal``), so the shards of a killed run are read by ``--resume``."""
 
     def __init__(self, out: str | os.PathLike, num_samples: int) -> None:
         super().__init__(write_interval="batch")
@@ -90,6 +80,7 @@ class ShardedPredictionWriter(BasePredictionWriter):
                            dataloader_idx=0) -> None:
         for rec in prediction:
             self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()  # a killed run keeps its finished batches (``--resume`` reads shards as journals)
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self._file.close()
@@ -130,3 +121,27 @@ class ShardedPredictionWriter(BasePredictionWriter):
                         repeated.add(rec["index"])
                     by_index[rec["index"]] = rec
         return by_index, sorted(repeated)
+
+
+def write_embeddings(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
+    """Embedding records -> ``path`` (``.npy``: float32 ``[N, D]``, row i = input i; an input that could not be read
+    is a row of NaN) and ``<stem>.sources.txt`` (row i's source, one per line), each written atomically; the count."""
+    import numpy as np
+    from vitlab_edge.files import atomic_write
+
+    path = Path(path)
+    sources, rows = [], []
+    for rec in records:
+        sources.append(str(rec["source"]))
+        rows.append(None if rec.get("error") is not None else np.asarray(rec["embedding"], np.float32))
+    dim = next((len(r) for r in rows if r is not None), 0)
+    array = np.stack([r if r is not None else np.full(dim, np.nan, np.float32) for r in rows]) if rows \
+        else np.zeros((0, 0), np.float32)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, save)
+    atomic_write(path.with_suffix(".sources.txt"), lambda tmp: tmp.write_text("".join(f"{s}\n" for s in sources)))
+    return len(rows)

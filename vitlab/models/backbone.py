@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 # prefixes that wrap timm's VisionTransformer keys in Lightning / DDP / torch.compile / vitlab checkpoints
 _WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "backbone.", "vit.")
-# what a vitlab MAE checkpoint holds beside the encoder (vitlab.models.mae.MaskedAutoencoder's own modules)
-MAE_DECODER_KEYS = ("decoder_", "mask_token")
 
 
 class ViTBackbone(nn.Module):
@@ -87,9 +85,20 @@ class ViTBackbone(nn.Module):
     def forward_masked(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """MAE's encoder pass (He et al., 2022): position embeddings are added to all ``L`` patches, then only the
         patches ``keep`` (``[N, K]`` row-major indices) go through the blocks, behind the prefix tokens. Returns
-        ``[N, num_prefix_tokens + K, D]`` after the final norm. Needs the model's own input size."""
+        ``[N, num_prefix_tokens + K, D]`` after the final norm. Needs the model's own input size.
+
+        The hidden patches' pixels are set to the mean (0 once normalised) before the patch embedding: a conv stem
+        (``vitlab.models.stem``) convolves across patch borders and would otherwise show the visible tokens hidden
+        pixels; a plain patchify embedding gives the same visible tokens either way."""
         vit = self.vit
-        x = vit.patch_embed(self.normalize(images))  # [N, L, D]
+        x = self.normalize(images)
+        n, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise VitlabError(f"masked encoding needs the model's input size {self.preprocess.input_size[1:]}")
+        visible = torch.zeros(n, (h // p) * (w // p), dtype=x.dtype, device=x.device).scatter_(1, keep, 1.0)
+        visible = visible.view(n, 1, h // p, w // p).repeat_interleave(p, 2).repeat_interleave(p, 3)  # [N, 1, H, W]
+        x = vit.patch_embed(x * visible)  # [N, L, D]
         x = x.flatten(1, 2) if x.ndim == 4 else x  # dynamic_img_size gives [N, h, w, D]
         n, num_prefix = len(x), self.num_prefix_tokens
         prefix = [t.expand(n, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
@@ -104,6 +113,20 @@ class ViTBackbone(nn.Module):
         x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # [N, K, D]
         x = torch.cat([*prefix, x], 1)  # [N, P + K, D]
         return vit.norm(vit.blocks(vit.norm_pre(x)))
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, L, p*p*C]``: patches in row-major order, each flattened as ``(p, p, C)``."""
+    n, c, h, w = x.shape
+    gh, gw = h // p, w // p
+    return x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int], p: int, c: int) -> torch.Tensor:
+    """``[N, L, p*p*C]`` (as ``patchify`` lays them out, ``L = gh * gw``) -> ``[N, C, gh*p, gw*p]``; used by MAE's
+    reconstruction and the denoiser's output alike."""
+    n, (gh, gw) = patches.shape[0], grid  # not len(): torch.export would fix the batch size
+    return patches.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
 
 
 class WeightsWarning(UserWarning):
@@ -164,13 +187,16 @@ def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_timm_state_dict(path: str | os.PathLike, vit: nn.Module) -> dict[str, torch.Tensor]:
-    """Tensors under timm's names from a weights file (wrappers stripped) or a Hugging Face folder (mapped)."""
-    from vitlab.models.hf import is_hf_folder, read_hf_state_dict
-
-    if is_hf_folder(path):
-        return read_hf_state_dict(path, vit)
-    return canonical_keys(read_state_dict(path))
+def split_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A vitlab task checkpoint (its model's tensors under ``model.``) keeps its encoder under
+    ``model.backbone.vit.``: (the state without the model's other modules, the keys left out — an MAE decoder and
+    mask token, a detector's pyramid). A classifier's ``model.head.`` stays (a same-sized head is reused); keys
+    outside ``model.`` stay too (reported as unexpected). Other files are returned whole."""
+    if not any(k.startswith("model.backbone.vit.") for k in state):
+        return state, []
+    other = [k for k in state if k.startswith("model.") and not k.startswith(("model.backbone.", "model.head."))]
+    drop = set(other)
+    return {k: v for k, v in state.items() if k not in drop}, other
 
 
 def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.PathLike) -> LoadReport:
@@ -180,12 +206,17 @@ def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.P
     from timm.models import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    from vitlab.models.hf import is_hf_folder, read_hf_state_dict
+
     report = LoadReport(str(path))
-    state = read_timm_state_dict(path, backbone.vit)
-    decoder = [k for k in state if k.startswith(MAE_DECODER_KEYS)]  # a vitlab MAE checkpoint: its encoder only
-    if decoder:
-        state = {k: v for k, v in state.items() if not k.startswith(MAE_DECODER_KEYS)}
-        report.adapted.append(f"MAE decoder and mask token dropped ({len(decoder)} tensors)")
+    if is_hf_folder(path):
+        state = read_hf_state_dict(path, backbone.vit)
+    else:  # a vitlab checkpoint of another task (MAE, detection): its encoder only
+        state, other = split_encoder(read_state_dict(path))
+        state = canonical_keys(state)
+        if other:
+            names = sorted({k.removeprefix("model.").split(".")[0] for k in other})
+            report.adapted.append(f"{len(other)} tensors of the checkpoint's own head dropped ({', '.join(names)})")
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     w = body.get("patch_embed.proj.weight")

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from vitlab.errors import VitlabError
+from vitlab.models.backbone import unpatchify
+from vitlab.preprocess import PreprocessCfg
+from vitlab.registry import ModelSpec, register_model, variant_spec
 
 
 @dataclass(frozen=True)
@@ -35,23 +38,43 @@ class DenoiserCfg:
     num_classes: int = 10
 
 
-# registered denoisers: name -> DenoiserCfg fields (options override them)
-DENOISERS = {
-    "dit_fmnist": dict(img_size=28, in_chans=1, patch_size=4, dim=128, depth=6, num_heads=4),  # 49 tokens, 1.9 M
-    "dit_fmnist_s": dict(img_size=28, in_chans=1, patch_size=7, dim=96, depth=4, num_heads=4),  # 16 tokens, 0.7 M
-    "dit_fmnist_tiny": dict(img_size=28, in_chans=1, patch_size=4, dim=64, depth=2, num_heads=2),  # tests, smoke
-}
+# the denoiser variants, registered like every other model (``vitlab.list_models(task="generation")``): the spec's
+# ``kwargs`` are DenoiserCfg fields, its preprocess says the image size and task
+def _denoiser(**fields) -> ModelSpec:
+    c, size = fields["in_chans"], fields["img_size"]
+    return ModelSpec("dit", fields, PreprocessCfg(input_size=(c, size, size), mean=(0.5,) * c, std=(0.5,) * c,
+                                                  interpolation="area", task="generation"))
+
+
+@register_model
+def dit_fmnist() -> ModelSpec:
+    """28x28 grey, patch 4 (49 tokens), width 128, depth 6: 1.9 M parameters."""
+    return _denoiser(img_size=28, in_chans=1, patch_size=4, dim=128, depth=6, num_heads=4)
+
+
+@register_model
+def dit_fmnist_s() -> ModelSpec:
+    """28x28 grey, patch 7 (16 tokens), width 96, depth 4: 0.7 M parameters."""
+    return _denoiser(img_size=28, in_chans=1, patch_size=7, dim=96, depth=4, num_heads=4)
+
+
+@register_model
+def dit_fmnist_tiny() -> ModelSpec:
+    """Tests and smoke runs."""
+    return _denoiser(img_size=28, in_chans=1, patch_size=4, dim=64, depth=2, num_heads=2)
 
 
 def denoiser_cfg(name: str, **options) -> DenoiserCfg:
     """A registered denoiser's configuration with ``options`` (DenoiserCfg fields) applied; errors name the key."""
-    if name not in DENOISERS:
-        raise VitlabError(f"unknown denoiser {name!r}; registered: {', '.join(DENOISERS)}")
+    spec = variant_spec(name)
+    if spec.preprocess.task != "generation":
+        raise VitlabError(f"model {name!r} is a {spec.preprocess.task} variant, not a denoiser; see "
+                          "vitlab.list_models(task='generation')")
     fields = set(DenoiserCfg.__dataclass_fields__)
     unknown = sorted(set(options) - fields)
     if unknown:
         raise VitlabError(f"denoiser option {unknown[0]!r} is not supported; supported: {', '.join(sorted(fields))}")
-    cfg = DenoiserCfg(**{**DENOISERS[name], **options})
+    cfg = DenoiserCfg(**{**spec.kwargs, **options})
     if cfg.img_size % cfg.patch_size or cfg.dim % cfg.num_heads:
         raise VitlabError(f"denoiser {name}: img_size {cfg.img_size} must be divisible by patch_size "
                           f"{cfg.patch_size}, dim {cfg.dim} by num_heads {cfg.num_heads}")
@@ -133,15 +156,14 @@ class Denoiser(nn.Module):
         return self.cfg.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n, c = x.shape[:2]
+        c = x.shape[1]
         h = self.x_embed(x) + self.pos_embed  # [N, L, D]
         cond = self.t_embed(timestep_embedding(t, 256)) + self.y_embed(y)  # [N, D]
         for block in self.blocks:
             h = block(h, cond)
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)
         out = self.final(_modulate(self.final_norm(h), shift, scale))  # [N, L, p*p*C]
-        p, g = self.cfg.patch_size, self.grid
-        return out.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)
+        return unpatchify(out, (self.grid, self.grid), self.cfg.patch_size, c)
 
     def guided(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """Classifier-free guidance in one call: ``v_uncond + guidance * (v_cond - v_uncond)`` (guidance 1: the

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vitlab.errors import VitlabError
-from vitlab.models.backbone import ViTBackbone
+from vitlab.models.backbone import ViTBackbone, patchify, unpatchify
 from vitlab.preprocess import PreprocessCfg
 
 
@@ -39,7 +39,7 @@ class MaskedAutoencoder(nn.Module):
     """``forward(images, mask_ratio, generator)`` -> ``{"pred": [N, L, p*p*C], "mask": [N, L]}``; ``pred`` is in the
     loss's target space (``target``): normalised pixels, per patch normalised again with ``norm_pix_loss``.
     The decoder's modules are named ``decoder_*`` and ``mask_token``, which loading into a classifier or detector
-    drops (``vitlab.models.backbone.MAE_DECODER_KEYS``)."""
+    drops (``vitlab.models.backbone.split_encoder``: only the encoder is kept)."""
 
     def __init__(self, backbone: ViTBackbone, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
                  decoder_mlp_ratio: float = 4.0, norm_pix_loss: bool = True) -> None:
@@ -72,7 +72,7 @@ class MaskedAutoencoder(nn.Module):
 
     @property
     def preprocess(self) -> PreprocessCfg:
-        return self.backbone.preprocess
+        return self.backbone.preprocess.replace(task="mae")  # the encoder alone answers embedding
 
     @property
     def num_patches(self) -> int:
@@ -80,14 +80,10 @@ class MaskedAutoencoder(nn.Module):
 
     # --- patches --------------------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, L, p*p*C] (row-major, p, p, C)
-        n, c = x.shape[:2]
-        p, (gh, gw) = self.backbone.patch_size, self.grid
-        return x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * c)
+        return patchify(x, self.backbone.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:  # [N, L, p*p*C] -> [N, C, H, W]
-        n, c = len(patches), self.preprocess.channels
-        p, (gh, gw) = self.backbone.patch_size, self.grid
-        return patches.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
+        return unpatchify(patches, self.grid, self.backbone.patch_size, self.preprocess.channels)
 
     def target(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"pixels": [N, L, p*p*C]}`` normalised pixels per patch, and the loss's ``target`` (with
@@ -124,10 +120,19 @@ class MaskedAutoencoder(nn.Module):
         per_patch = (pred - target).pow(2).mean(-1)  # [N, L]
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
-    def to_pixels(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Predictions in normalised pixels ``[N, L, p*p*C]`` (undoing ``norm_pix_loss`` with each true patch's
-        mean and std, as MAE's own pictures do)."""
-        return pred * targets["std"] + targets["mean"] if self.norm_pix_loss else pred
+    def to_pixels(self, pred: torch.Tensor, targets: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Predictions in normalised pixels ``[N, L, p*p*C]``. With ``norm_pix_loss`` each patch is de-normalised
+        with statistics the model can know: a visible patch with its own mean and std, a hidden one (``mask``
+        ``[N, L]`` True) with the mean of the visible patches' means and stds. MAE's own pictures use each hidden
+        patch's true mean and std, which hands the answer's brightness and contrast to the reconstruction."""
+        if not self.norm_pix_loss:
+            return pred
+        visible = (~mask)[..., None].to(pred.dtype)  # [N, L, 1]
+        count = visible.sum(1, keepdim=True).clamp(min=1)
+        hidden = mask[..., None]
+        mean = torch.where(hidden, (targets["mean"] * visible).sum(1, keepdim=True) / count, targets["mean"])
+        std = torch.where(hidden, (targets["std"] * visible).sum(1, keepdim=True) / count, targets["std"])
+        return pred * std + mean
 
     def images_from(self, patches: torch.Tensor) -> torch.Tensor:
         """Normalised-pixel patches -> uint8 images ``[N, C, H, W]``."""
@@ -142,7 +147,7 @@ class MaskedAutoencoder(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         out = self(images, mask_ratio, generator)
         targets = self.target(images)
-        pred = self.to_pixels(out["pred"], targets)
+        pred = self.to_pixels(out["pred"], targets, out["mask"])
         hidden = out["mask"][..., None]  # [N, L, 1]
         grey = torch.zeros_like(targets["pixels"])  # the mean pixel: grey after denormalising
         return {"original": images, "masked": self.images_from(torch.where(hidden, grey, targets["pixels"])),

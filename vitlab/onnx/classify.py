@@ -14,7 +14,7 @@ from vitlab.onnx.report import EvalSet, load_eval_set, onnx_outputs, parity_repo
 
 
 class ClassificationExport:
-    """A classifier's graph, eval set, torch reference and gate (one entry of ``vitlab.onnx.export.EXPORTS``)."""
+    """A classifier's graph, eval set, torch reference and gate (``TaskSpec.exporter`` of classification)."""
 
     outputs = OUTPUTS
 

@@ -3,8 +3,10 @@
 
 The graph is ``vitlab.models.fcos.postprocess`` itself, traced: its one data-dependent step, ``nms_select``,
 becomes an ONNX ``NonMaxSuppression`` node under ``torch.onnx.export`` (see ``fcos._onnx_nms``). The gate is the
-task's own COCO mAP (torchmetrics ``MeanAveragePrecision``, faster_coco_eval) on held-out images, with boxes mapped
-back to the original images as ``vitlab test`` does; the report adds the detection-level parity with torch.
+task's own COCO mAP (``vitlab.tasks.detection.CocoMAP``: COCO's evaluation against the eval set's annotation file,
+boxes mapped back to the original images) on held-out images, as ``vitlab test`` scores them; the report adds the
+detection-level parity with torch. Without eval data the exporter reads the scenes' test split where it already is
+(``data/scenes``), whatever its sizes, and never writes or rewrites it.
 """
 
 from __future__ import annotations
@@ -66,10 +68,13 @@ def postprocess_nodes(model, module: str = "detector") -> list[str]:
 
 @dataclass
 class DetectionEvalSet:
-    """Model-ready images and their ground truth, as ``collate_detection`` batches them."""
+    """Model-ready images and their ground truth, as ``collate_detection`` batches them, with the COCO file they
+    come from (what ``coco_map`` scores against) and the model's class names."""
 
     batch: dict[str, Any]
     source: str
+    annotations: Path | None = None
+    labels: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.batch["image"])
@@ -77,8 +82,9 @@ class DetectionEvalSet:
 
 def load_detection_eval_set(spec: Any, preprocess, limit: int = 10000, seed: int = 0) -> DetectionEvalSet:
     """``spec``: ``(images_dir, annotations.json)`` of a COCO split, a COCO JSON whose ``file_name``s are relative
-    to its folder, ``scenes`` (the built-in scenes' test split, written under ``data/scenes`` if missing) or None
-    (the scenes, for a model with their labels). At most ``limit`` images, a fixed random subset when more."""
+    to its folder, ``scenes`` (the built-in scenes' test split as it is under ``data/scenes``: never generated or
+    rewritten here, so scenes made with other sizes or seed survive; missing: one error saying what to pass) or
+    None (the scenes, for a model with their labels). At most ``limit`` images, a fixed random subset when more."""
     from vitlab.data.detection import CocoDetectionDataset, DetectionSamples, collate_detection, read_coco
     from vitlab.models.classify import FMNIST_LABELS
 
@@ -90,9 +96,9 @@ def load_detection_eval_set(spec: Any, preprocess, limit: int = 10000, seed: int
     if isinstance(spec, (list, tuple)) and len(spec) == 1:
         spec = spec[0]
     if str(spec) == "scenes":
-        from vitlab.data.scenes import write_scenes
+        from vitlab.data.scenes import existing_scenes
 
-        images_dir, annotations = write_scenes()["test"]
+        images_dir, annotations = existing_scenes("data/scenes", "test")
     elif isinstance(spec, (list, tuple)) and len(spec) == 2:
         images_dir, annotations = Path(spec[0]), Path(spec[1])
     elif isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".json"):
@@ -117,7 +123,7 @@ def load_detection_eval_set(spec: Any, preprocess, limit: int = 10000, seed: int
     if not len(batch["image"]):
         raise VitlabError(f"eval data {annotations}: no readable images")
     skipped = f" ({batch['skipped']} unreadable images skipped)" if batch["skipped"] else ""
-    return DetectionEvalSet(batch, f"{annotations}{skipped}")
+    return DetectionEvalSet(batch, f"{annotations}{skipped}", Path(annotations), tuple(split.class_names))
 
 
 def _sub_batch(batch: dict[str, Any], s: slice) -> dict[str, Any]:
@@ -141,13 +147,14 @@ def onnx_detections(session, eval_set: DetectionEvalSet, precision: str = "", ba
 
 
 def coco_map(dets: dict[str, np.ndarray], eval_set: DetectionEvalSet) -> dict[str, float]:
-    """mAP and mAP50 (%) with the task's metric code, boxes in the original images' pixels."""
-    from vitlab.tasks.detection import map_metric, metric_inputs
+    """mAP and mAP50 (%) with the task's metric code: COCO's evaluation of the detections (in the original images'
+    pixels) against the eval set's annotation file, over its images."""
+    from vitlab.tasks.detection import CocoMAP
 
-    metric = map_metric()
+    metric = CocoMAP(list(eval_set.labels), eval_set.annotations)
     tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in dets.items()}
     for s in counted_slices(len(eval_set), 256, "mAP"):
-        metric.update(*metric_inputs({k: v[s] for k, v in tensors.items()}, _sub_batch(eval_set.batch, s)))
+        metric.update({k: v[s] for k, v in tensors.items()}, _sub_batch(eval_set.batch, s))
     result = metric.compute()
     return {"map": float(result["map"]) * 100, "map_50": float(result["map_50"]) * 100}
 
@@ -180,7 +187,7 @@ def detection_parity(ref: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> 
 
 
 class DetectionExport:
-    """A detector's graph, eval set, torch reference and mAP50 gate (one entry of ``vitlab.onnx.export.EXPORTS``);
+    """A detector's graph, eval set, torch reference and mAP50 gate (``TaskSpec.exporter`` of detection);
     ``options``: the task's post-processing hyper-parameters (``POST_OPTIONS``; missing ones: postprocess's
     defaults)."""
 

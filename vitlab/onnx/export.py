@@ -1,7 +1,7 @@
 """``export_onnx``: checkpoint -> self-describing ONNX files (fp32 / fp16 / int8) + ``report.json``, gated by
 accuracy (classification) or mAP50 (detection) measured on real held-out images, or by sample parity with the
-checkpoint (generation: one denoiser step). The task's piece is found by its name in ``EXPORTS``. Files appear only
-when complete (temp file, then rename)."""
+checkpoint (generation: one denoiser step), or by cosine similarity with torch (embedding). The task's piece is its
+``TaskSpec.exporter``. Files appear only when complete (temp file, then rename)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ import torch
 import vitlab
 from vitlab._fs import atomic_write, atomic_write_json
 from vitlab.errors import VitlabError
-from vitlab.onnx.classify import ClassificationExport
-from vitlab.onnx.detect import DetectionExport
-from vitlab.onnx.generate import GenerationExport
 from vitlab.onnx.graph import (
     ATTENTION_PATHS,
     count_fused_attention,
@@ -31,13 +28,9 @@ from vitlab.onnx.graph import (
     set_metadata,
 )
 from vitlab.onnx.precision import PRECISIONS, to_fp16, to_int8
+from vitlab.tasks.spec import get_task, task_of_module
 
 log = logging.getLogger(__name__)
-
-# the model's task (``preprocess.task``, saved in the checkpoint) -> its piece of the exporter: the end-to-end
-# graph, the eval set + torch reference, the gate (``evaluate``), extra metadata, the fp32-kept nodes and the
-# number of attention blocks (``depth``)
-EXPORTS = {"classification": ClassificationExport, "detection": DetectionExport, "generation": GenerationExport}
 
 
 @dataclass
@@ -53,29 +46,40 @@ def file_name(precision: str) -> str:
     return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
-def load_exportable(source: Any) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """(model, model name, the task's hyper-parameters) from a checkpoint path, a task or a vitlab model. For a
-    DiffusionTask the "model" is the task itself: its piece exports the EMA denoiser (``task.ema``) and samples
-    with the task's defaults."""
-    from vitlab.tasks import DiffusionTask
+def load_exportable(source: Any, task: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """(model, model name, the task's hyper-parameters) from a checkpoint path, a task or a vitlab model, served as
+    ``task`` (default: the checkpoint's own; an MAE checkpoint's ``embedding``). A task whose checkpoints answer no
+    images (a DiffusionTask) exports from the task itself: its piece takes the EMA denoiser and the sampling
+    defaults."""
+    from vitlab.inference.backends import inference_model
+    from vitlab.models.embed import create_embedder
     from vitlab.tasks.base import VitlabTask
 
+    what = str(source) if isinstance(source, (str, os.PathLike)) else f"the {type(source).__name__}"
     if isinstance(source, (str, os.PathLike)):
         source = vitlab.load(source)
-    if isinstance(source, DiffusionTask):
-        return source.eval(), source.hparams.model_name, dict(source.hparams)
     if isinstance(source, VitlabTask):
-        return source.model.eval(), source.hparams.model_name, dict(source.hparams)
+        own = task_of_module(type(source).__name__)
+        want = get_task(task).served if task else own.served
+        if want.name == own.name and own.outputs is None:
+            if own.exporter is None:
+                raise own.refuse("export", what)
+            return source.eval(), source.hparams.model_name, dict(source.hparams)
+        model, _ = inference_model(source, want.name, what)
+        return model.eval(), source.hparams.model_name, dict(source.hparams)
     pre = getattr(source, "preprocess", None)
-    if isinstance(source, torch.nn.Module) and hasattr(source, "backbone") and getattr(pre, "task", None) in EXPORTS:
-        return source.eval(), source.backbone.arch, {}
-    raise VitlabError(f"cannot export a {type(source).__name__}: pass a vitlab checkpoint, task or model "
-                      f"(tasks with an exporter: {', '.join(EXPORTS)})")
+    if isinstance(source, torch.nn.Module) and hasattr(source, "backbone") and pre is not None:
+        if task is not None and get_task(task).name == "embedding":
+            source = create_embedder(source)
+        if get_task(source.preprocess.task).exporter is not None:
+            return source.eval(), source.backbone.arch, {}
+    raise VitlabError(f"cannot export a {type(source).__name__}: pass a vitlab checkpoint, task or model")
 
 
 def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequence[str] = "fp32", opset: int = 23,
                 attention: str = "onnx", eval_data: Any = None, num_eval: int = 10000, calib_data: Any = None,
-                num_calib: int = 512, allow_degraded: bool = False) -> dict[str, ExportResult]:
+                num_calib: int = 512, allow_degraded: bool = False, task: str | None = None
+                ) -> dict[str, ExportResult]:
     """Export a trained model to ``out_dir/model[.PRECISION].onnx`` and record ``report.json``.
 
     Classification: ``eval_data`` is ``fashion-mnist`` or an image folder (default Fashion-MNIST's test split for
@@ -84,6 +88,9 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
     the scenes' test split for models with their labels); the gate is COCO mAP50, 0.1 / 0.5 / 1.0 pp.
     Generation (a DiffusionTask): no ``eval_data``; the file holds one guided denoiser step (``vitlab.onnx.generate``),
     gated on images sampled from the same seed by torch and by the file (mean |Δ| <= 1 uint8 level, any precision).
+    Embedding (``task="embedding"``: any checkpoint with a ViT backbone; an MAE checkpoint by default): ``embedding
+    [N, D]`` out, gated on the smallest cosine similarity with torch over ``eval_data`` (a folder; default
+    Fashion-MNIST's test split for 28x28 grey models): 0.9999 / 0.999 / 0.98 (fp32 / fp16 / int8).
     ``calib_data``: training images for static int8 (same forms); without it int8 is dynamic. A rejected variant
     is not written and raises, unless ``allow_degraded``.
     """
@@ -93,13 +100,13 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
         raise VitlabError(f"precision {bad[0] if bad else None!r} is not one of {PRECISIONS}")
     if attention not in ATTENTION_PATHS:
         raise VitlabError(f"attention must be one of {ATTENTION_PATHS}, got {attention!r}")
-    model, name, hparams = load_exportable(source)
-    task = EXPORTS[model.preprocess.task](model, hparams)
-    depth = task.depth
-    log.info("held-out data: %s", task.prepare(eval_data, num_eval))
+    model, name, hparams = load_exportable(source, task)
+    piece = get_task(model.preprocess.task).load("exporter")(model, hparams)
+    depth = piece.depth
+    log.info("held-out data: %s", piece.prepare(eval_data, num_eval))
 
     t0 = time.perf_counter()
-    fp32 = task.graph(opset)
+    fp32 = piece.graph(opset)
     if attention == "ort-mha":
         fp32 = rewrite_to_ort_mha(fp32)
     log.info("exported %s (opset %d, %s attention) in %.1f s", name, opset, attention, time.perf_counter() - t0)
@@ -107,17 +114,17 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for prec in precisions:
-        calib = task.calibration(calib_data, num_calib) if prec == "int8" and calib_data is not None else None
-        variant = fp32 if prec == "fp32" else to_fp16(fp32, task.fp32_nodes(fp32)) if prec == "fp16" \
+        calib = piece.calibration(calib_data, num_calib) if prec == "int8" and calib_data is not None else None
+        variant = fp32 if prec == "fp32" else to_fp16(fp32, piece.fp32_nodes(fp32)) if prec == "fp16" \
             else to_int8(fp32, calib)
         fused = count_fused_attention(variant)
         if fused != depth:
             raise VitlabError(f"{prec} graph has {fused} fused attention nodes for {depth} blocks; "
                               "this model's attention cannot be exported as fused nodes")
         int8 = {"int8_mode": "dynamic" if calib is None else "static"} if prec == "int8" else {}
-        set_metadata(variant, model_metadata(model, name, attention, opset, prec, task.outputs,
-                                             **{"int8_mode": None, **int8, **task.metadata()}))
-        results[prec] = _write_checked(variant, out / file_name(prec), task, prec, allow_degraded, **int8)
+        set_metadata(variant, model_metadata(model, name, attention, opset, prec, piece.outputs,
+                                             **{"int8_mode": None, **int8, **piece.metadata()}))
+        results[prec] = _write_checked(variant, out / file_name(prec), piece, prec, allow_degraded, **int8)
     return results
 
 

@@ -49,8 +49,8 @@ def step_examples(input_size: tuple[int, int, int], num_classes: int, n: int = 3
 
 
 class GenerationExport:
-    """A DiffusionTask's step graph, sample references and parity gate (one entry of
-    ``vitlab.onnx.export.EXPORTS``); it takes the task itself: the EMA weights and the sampling defaults."""
+    """A DiffusionTask's step graph, sample references and parity gate (``TaskSpec.exporter``
+    of generation); it takes the task itself: the EMA weights and the sampling defaults."""
 
     outputs = OUTPUTS
 

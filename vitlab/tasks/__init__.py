@@ -1,19 +1,18 @@
-"""LightningModules: one per task. They own training; inference lives in ``forward``."""
+"""LightningModules: one per task. They own training; inference lives in ``forward``. Each task module registers
+its ``TaskSpec`` (``vitlab.tasks.spec``): importing this package registers every built-in task."""
 
 from __future__ import annotations
 
 import os
 
-from vitlab.errors import VitlabError
+from vitlab.errors import VitlabError, checkpoint_error
 from vitlab.tasks.base import VitlabTask
 from vitlab.tasks.classification import ClassificationTask
 from vitlab.tasks.detection import DetectionTask
 from vitlab.tasks.diffusion import DiffusionTask
+from vitlab.tasks.embedding import embedding_outputs  # registers the inference-only embedding task
 from vitlab.tasks.mae import MAETask
-
-# the task name saved in a checkpoint (``vitlab_task``) -> its class, for vitlab.load
-TASKS = {"ClassificationTask": ClassificationTask, "DetectionTask": DetectionTask, "MAETask": MAETask,
-         "DiffusionTask": DiffusionTask}
+from vitlab.tasks.spec import TaskSpec, get_task, list_tasks, register_task, task_of_module
 
 
 def load_task(path: str | os.PathLike, map_location: str = "cpu"):
@@ -25,14 +24,14 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     except FileNotFoundError:
         raise VitlabError(f"checkpoint {path} does not exist") from None
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise VitlabError(f"refusing to load {path}: not a plain vitlab checkpoint ({first[:200]})") from None
+        raise checkpoint_error(path, e) from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "state_dict" not in ckpt:
         raise VitlabError(f"{path} is not a Lightning checkpoint with hyper-parameters")
-    cls = TASKS.get(ckpt.get("vitlab_task", "ClassificationTask"))
-    if cls is None:
-        raise VitlabError(f"{path}: unknown task {ckpt.get('vitlab_task')!r}")
+    try:
+        cls = task_of_module(str(ckpt.get("vitlab_task", "ClassificationTask"))).module
+    except VitlabError as e:
+        raise VitlabError(f"{path}: {e}") from None
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
     if "pretrained" in hp:
         hp["pretrained"] = False  # the checkpoint's own weights replace any starting point (a HF folder's too)
@@ -41,4 +40,5 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     return task.eval()
 
 
-__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "DiffusionTask", "MAETask", "VitlabTask", "load_task"]
+__all__ = ["ClassificationTask", "DetectionTask", "DiffusionTask", "MAETask", "TaskSpec", "VitlabTask",
+           "embedding_outputs", "get_task", "list_tasks", "load_task", "register_task", "task_of_module"]

@@ -27,7 +27,7 @@ class VitlabTask(L.LightningModule):
         return self.model.preprocess
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vitlab_task"] = type(self).__name__  # vitlab.load finds the class in vitlab.tasks.TASKS
+        checkpoint["vitlab_task"] = type(self).__name__  # vitlab.load finds its TaskSpec by it
 
     def _count_skipped(self, batch: dict[str, Any]) -> bool:
         """Log the running count of unreadable images the loader dropped; False when nothing is left to train on."""

@@ -26,6 +26,7 @@ from torchmetrics.classification import (
 from vitlab.errors import VitlabError
 from vitlab.models.classify import create_model
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.spec import TaskSpec, register_task
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -130,3 +131,15 @@ class ClassificationTask(VitlabTask):
         if self.trainer.is_global_zero:
             names = list(self.preprocess.labels) or [str(i) for i in range(self.hparams.num_classes)]
             write_classification_report(cm, names, out)
+
+
+def classification_outputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The exported graph's ``probs [N, K]`` from a classifier (uint8 images in)."""
+    return {"probs": model(images).softmax(-1)}
+
+
+register_task(TaskSpec(
+    "classification", ClassificationTask, aliases=("classify",), outputs=classification_outputs,
+    exporter="vitlab.onnx.classify:ClassificationExport", result="vitlab.inference.results:Prediction",
+    overlay="vitlab.inference.results:classification_overlay", explain=True,
+    demo=("classify/fmnist_demo.yaml", "runs/demo", "vitlab.demo:classify_demo")))

@@ -10,6 +10,8 @@ same count) and ``test/class_acc`` when ``eval_classifier`` names a vitlab class
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,9 @@ from vitlab.errors import VitlabError
 from vitlab.models.diffusion import Denoiser, denoiser_cfg, flow_pair, to_model_space
 from vitlab.preprocess import PreprocessCfg
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.spec import TaskSpec, register_task
+
+log = logging.getLogger(__name__)
 
 
 class DiffusionTask(VitlabTask):
@@ -31,7 +36,7 @@ class DiffusionTask(VitlabTask):
                  eval_classifier: str | None = None, eval_samples: int = 1000) -> None:
         """
         Args:
-            model_name: a registered denoiser (``vitlab.models.diffusion.DENOISERS``).
+            model_name: a registered denoiser (``vitlab.list_models(task="generation")``).
             model_options: DenoiserCfg fields (img_size, in_chans, patch_size, dim, depth, num_heads, mlp_ratio).
             label_dropout: share of training labels replaced by "no label" (classifier-free guidance).
             ema_decay: EMA of the weights, used for validation, test, sampling and export (the checkpoint holds it).
@@ -56,6 +61,18 @@ class DiffusionTask(VitlabTask):
     @property
     def preprocess(self) -> PreprocessCfg:
         return self._preprocess
+
+    def setup(self, stage: str) -> None:
+        """``test`` scores with ``eval_classifier``: check it loads now, not after generating the test samples."""
+        super().setup(stage)
+        path = self.hparams.eval_classifier
+        if stage == "test" and path:
+            from vitlab.metrics import load_classifier
+
+            load_classifier(path, key="model.init_args.eval_classifier")
+        elif stage == "fit" and path and not os.path.isfile(path):
+            log.warning("model.init_args.eval_classifier %s does not exist yet: `vitlab test` will need it "
+                        "(`make demo` writes runs/demo/checkpoints/last.ckpt)", path)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad],
@@ -169,3 +186,9 @@ class DiffusionTask(VitlabTask):
             return None
         pick = np.random.default_rng(0).choice(len(samples), n, replace=False)
         return torch.from_numpy(np.stack([self.preprocess.prepare(samples[int(i)][0]) for i in pick]))
+
+
+register_task(TaskSpec(
+    "generation", DiffusionTask, aliases=("diffusion",), exporter="vitlab.onnx.generate:GenerationExport",
+    instead="it takes no images: sample it with `vitlab sample CKPT --per-class 8 --out DIR` (or `vitlab export` "
+            "it and `vitlab-edge sample`)"))

@@ -3,8 +3,10 @@
 The encoder is the same ``ViTBackbone`` a ``ClassificationTask`` or ``DetectionTask`` builds, so its checkpoint
 starts either of them (``pretrained=mae.ckpt``: the decoder and mask token are dropped, with a key report).
 Validation and test log the loss (``val/loss``) and the masked-patch MSE in normalised pixels (``val/mse``, with
-fixed masks per batch) and write a PNG grid (original | masked | reconstruction | reconstruction with the visible
-patches pasted back) for a fixed set of images. ``reconstruct`` is the Python API for pictures and inpainting.
+fixed masks per batch; with ``norm_pix_loss`` the hidden patches' predictions are de-normalised with the visible
+patches' mean and std, never their own: ``MaskedAutoencoder.to_pixels``) and write a PNG grid (original | masked |
+reconstruction | reconstruction with the visible patches pasted back, de-normalised the same way) for a fixed set
+of images. ``reconstruct`` is the Python API for pictures and inpainting.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from vitlab.models.classify import create_backbone
 from vitlab.models.mae import MaskedAutoencoder
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.spec import TaskSpec, register_task
 
 
 class MAETask(VitlabTask):
@@ -51,7 +54,7 @@ class MAETask(VitlabTask):
         out = self(images, generator)
         targets = self.model.target(images)
         loss = self.model.loss(out["pred"], targets["target"], out["mask"])
-        mse = self.model.loss(self.model.to_pixels(out["pred"], targets), targets["pixels"], out["mask"])
+        mse = self.model.loss(self.model.to_pixels(out["pred"], targets, out["mask"]), targets["pixels"], out["mask"])
         return {"loss": loss, "mse": mse}
 
     # --- steps -----------------------------------------------------------------------------------------
@@ -113,20 +116,20 @@ class MAETask(VitlabTask):
 
     def _as_batch(self, images: Any) -> torch.Tensor:
         """-> uint8 ``[N, C, H, W]`` at the model's input size on the model's device."""
+        from vitlab_edge.imaging import ImageReadError, is_pil_image, to_hwc_uint8
+
         from vitlab.errors import VitlabError
 
         pre = self.preprocess
         c, h, w = pre.input_size
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, (list, tuple)) and images
-                                                      and not isinstance(images[0], (np.ndarray, torch.Tensor))):
-            from vitlab_edge.imaging import ImageReadError, read_image
-
-            items = [images] if isinstance(images, (str, os.PathLike)) else images
-            try:
-                decoded = [read_image(i) if isinstance(i, (str, os.PathLike)) else np.asarray(i) for i in items]
+        if isinstance(images, (str, os.PathLike)) or is_pil_image(images):
+            images = [images]
+        if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (np.ndarray, torch.Tensor)):
+            try:  # files and PIL images through the one decoder: EXIF orientation, palette, alpha on white
+                decoded = [to_hwc_uint8(i) for i in images]
             except ImageReadError as e:
                 raise VitlabError(f"{e}; reconstruct needs readable images") from None
-            images = np.stack([pre.prepare(d[..., None] if d.ndim == 2 else d) for d in decoded])  # [N, C, H, W]
+            images = np.stack([pre.prepare(d) for d in decoded])  # [N, C, H, W]
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         if x.ndim == 3:
             x = x[:, None] if c == 1 else x[None].permute(0, 3, 1, 2)
@@ -136,3 +139,9 @@ class MAETask(VitlabTask):
             raise VitlabError(f"reconstruct needs uint8 images of {h}x{w} with {c} channel(s) (or image files), "
                               f"got {x.dtype} {tuple(x.shape)}")
         return x.to(self.device)
+
+
+register_task(TaskSpec(
+    "mae", MAETask, aliases=("masked_autoencoder",), serves="embedding",
+    instead="reconstruct images with `vitlab reconstruct CKPT IMAGES --out grid.png`, take embeddings with "
+            "`vitlab predict CKPT IMAGES --out emb.npy`, or fine-tune it (configs/classify/fmnist_10pct_mae.yaml)"))
