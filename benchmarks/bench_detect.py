@@ -45,6 +45,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from bench_onnx import interleaved_rates, profiled_kernel_events  # noqa: E402  (the benchmarks' folder is on sys.path when run)
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.onnx import export_onnx  # noqa: E402
@@ -196,7 +197,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = onnx_files(args, tmp)
         sessions = {f"ort_{p}": session(onnx_dir / file_name(p), threads) for p in PRECISIONS}
-        report = {"model": name, "ckpt": args.ckpt, "onnx_dir": str(onnx_dir), "threads": threads,
+        report = {"machine": machine_info(), **run_info(),
+                  "model": name, "ckpt": args.ckpt, "onnx_dir": str(onnx_dir), "threads": threads,
                   "images": len(images), "input_size": list(model.preprocess.input_size),
                   "seconds": args.seconds, "rounds": args.rounds,
                   "throughput": throughput(eager, sessions, images, args), "postprocess_share": {}}

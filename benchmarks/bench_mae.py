@@ -114,9 +114,11 @@ def main() -> None:
         results.setdefault("linear_probe", []).append(linear_probe(args))
         print(json.dumps(results["linear_probe"][-1]), flush=True)
     if args.out:
+        from machine import machine_info, run_info
+
         from vitlab._fs import atomic_write_json
 
-        atomic_write_json(args.out, results)
+        atomic_write_json(args.out, {"machine": machine_info(), **run_info(), **results})
 
 
 if __name__ == "__main__":

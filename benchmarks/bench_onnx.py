@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
@@ -234,7 +235,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
-    report = {"torch_threads": torch.get_num_threads(), "models": []}
+    report = {"machine": machine_info(), **run_info(), "torch_threads": torch.get_num_threads(),
+              "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             res, _ = bench_model(name, vitlab.create_model(name), args, Path(tmp))

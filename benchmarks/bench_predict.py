@@ -42,6 +42,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py)
 from vitlab_edge.imaging import draft_request  # noqa: E402
 
 import vitlab  # noqa: E402
@@ -253,7 +254,7 @@ def main() -> None:
     torch.manual_seed(0)
     files = make_photo_folder(CACHE / "photos", n=args.images)
     pngs = garment_pngs(CACHE / "stream_files", max(args.stream, args.png_images))
-    report = {"torch_threads": torch.get_num_threads(), "throughput": []}
+    report = {"machine": machine_info(), **run_info(), "torch_threads": torch.get_num_threads(), "throughput": []}
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("vit_small_patch16_224", "photos", files[:args.vit_images], args.vit_batch),
                 ("vitlab_fmnist", "photos", files, args.batch),

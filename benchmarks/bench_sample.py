@@ -64,9 +64,11 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
+        from machine import machine_info, run_info
+
         from vitlab._fs import atomic_write_json
 
-        atomic_write_json(args.out, results)
+        atomic_write_json(args.out, {"machine": machine_info(), **run_info(), "rows": results})
 
 
 if __name__ == "__main__":

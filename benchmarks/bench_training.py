@@ -19,6 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 
 from vitlab._fs import atomic_write_json  # noqa: E402
 from vitlab.data import FashionMNISTDataModule  # noqa: E402
@@ -113,6 +114,8 @@ def main() -> None:
         print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     report = {
+        "machine": machine_info(),
+        **run_info(),
         "model": args.model, "batch": args.batch, "steps": args.steps, "workers": args.workers,
         "threads": torch.get_num_threads(), "median_img_per_s": {k: round(v, 1) for k, v in med.items()},
         "lightning_overhead_pct": round(100 * (1 - med["lightning"] / med["bare"]), 2),

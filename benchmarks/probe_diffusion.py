@@ -32,6 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py)
 from torch import nn  # noqa: E402
 from vitlab_edge.sampling import initial_noise, sample, to_uint8  # noqa: E402
 
@@ -219,7 +220,7 @@ def main() -> None:
         results[name] = {"train_steps": steps, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                          "sample_s": round(sample_s, 1), **{k: round(v, 3) for k, v in scores.items()}}
         print(json.dumps({"variant": name, **results[name]}), flush=True)
-    atomic_write_json(args.out, {"args": vars(args), "results": results})
+    atomic_write_json(args.out, {"machine": machine_info(), **run_info(), "args": vars(args), "results": results})
     print(f"wrote {args.out}")
 
 

@@ -83,4 +83,10 @@ def measure(folder: Path, rounds: int = 7, seconds: float = 1.5) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("export", "measure"):
         sys.exit("usage: probe_openvino.py export|measure FOLDER")
+    if sys.argv[1] == "measure":  # the figures' machine (stdlib only: runs in the OpenVINO venv too)
+        import json
+
+        from machine import machine_info, run_info
+
+        print(json.dumps({"machine": machine_info(), **run_info()}), flush=True)
     (export if sys.argv[1] == "export" else measure)(Path(sys.argv[2]))

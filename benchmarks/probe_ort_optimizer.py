@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 from bench_onnx import cpu_session, interleaved_rates  # noqa: E402  (benchmarks/ is on sys.path when run)
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 from onnxruntime.transformers.optimizer import optimize_model  # noqa: E402
 
 import vitlab  # noqa: E402
@@ -25,6 +26,7 @@ from vitlab.onnx.graph import count_fused_attention, export_graph, op_counts  # 
 
 
 def main() -> None:
+    print(json.dumps({"machine": machine_info(), **run_info()}), flush=True)
     torch.manual_seed(0)
     model = vitlab.create_model("vit_small_patch16_224").eval()
     tmp = Path(tempfile.mkdtemp(prefix="vitlab-ortopt-"))

@@ -18,6 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 
 import vitlab  # noqa: E402
 from vitlab.data.datasets import fashion_mnist_arrays  # noqa: E402
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    print(json.dumps({"machine": machine_info(), **run_info()}), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

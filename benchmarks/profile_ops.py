@@ -25,6 +25,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from bench_onnx import profiled_kernel_events  # noqa: E402  (benchmarks/ is on sys.path when run)
+from machine import machine_info, run_info  # noqa: E402  (benchmarks/machine.py: the machine block of every result)
 
 import vitlab  # noqa: E402
 from vitlab._fs import atomic_write_json  # noqa: E402
@@ -95,7 +96,8 @@ def main() -> None:
         graph = rewrite_to_ort_mha(graph)
     if args.int8:
         graph = to_int8(graph)
-    report = {"model": args.model, "attention": args.attention, "int8": args.int8,
+    report = {"machine": machine_info(), **run_info(),
+              "model": args.model, "attention": args.attention, "int8": args.int8,
               "torch_threads": torch.get_num_threads(), "batches": {}}
     c, h, w = model.preprocess.input_size
     with tempfile.TemporaryDirectory() as tmp:
