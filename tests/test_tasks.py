@@ -281,3 +281,17 @@ def test_every_registered_variant_builds_and_answers_with_its_tasks_outputs(name
     with torch.no_grad():
         out = task.outputs(model.eval(), images, **({"max_det": 5} if task.options else {}))
     assert set(decoder_for(task.name).outputs) <= set(out), (name, list(out))
+
+
+def test_predictor_from_an_in_memory_task_or_model(ckpts, photos):
+    """``Predictor.from_model``: a trained task answers its own task; a model asked for embeddings gives its
+    backbone's; a model asked for a task it does not answer is one line."""
+    task = vitlab.load(ckpts["classification"])
+    from_task = Predictor.from_model(task).predict(photos, num_workers=0)
+    from_file = Predictor.load(ckpts["classification"]).predict(photos, num_workers=0)
+    assert [p.topk for p in from_task] == [p.topk for p in from_file]
+    emb = Predictor.from_model(task.model, task="embedding").predict(photos, num_workers=0)
+    again = Predictor.load(ckpts["classification"], task="embedding").predict(photos, num_workers=0)
+    np.testing.assert_allclose([p.embedding for p in emb], [p.embedding for p in again], atol=1e-6)
+    with pytest.raises(VitlabError, match="does not answer detection"):
+        Predictor.from_model(task.model, task="detection")
