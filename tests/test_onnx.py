@@ -144,6 +144,24 @@ def test_accuracy_gate_rejects_without_writing(trained_ckpt, tmp_path, monkeypat
 
 
 @needs_fmnist
+def test_a_new_export_leaves_no_file_of_an_earlier_one(trained_ckpt, tmp_path, monkeypatch):
+    """An earlier export's int8 / fp16 files must not sit beside a new export as if they were its own: a variant
+    rejected now removes its old file, and precisions not written now are removed with their report entries."""
+    from vitlab.onnx import report
+
+    export_onnx(trained_ckpt, tmp_path, ["fp32", "fp16", "int8"], num_eval=200)
+    assert {p.name for p in tmp_path.glob("*.onnx")} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx"}
+    monkeypatch.setitem(report.MAX_ACC_DROP_PP, "int8", -1.0)  # this time int8 is rejected
+    with pytest.raises(VitlabError, match="exceeds the int8 budget"):
+        export_onnx(trained_ckpt, tmp_path, ["fp32", "int8"], num_eval=200)
+    assert not (tmp_path / "model.int8.onnx").exists()
+    monkeypatch.undo()
+    export_onnx(trained_ckpt, tmp_path, ["fp32"], num_eval=200)
+    assert {p.name for p in tmp_path.glob("*.onnx")} == {"model.onnx"}
+    assert set(json.loads((tmp_path / "report.json").read_text())) == {"model.onnx"}
+
+
+@needs_fmnist
 def test_cli_export_and_missing_eval_data(trained_ckpt, tmp_path, capsys):
     from vitlab.cli import main
 

@@ -125,6 +125,7 @@ def export_onnx(source: Any, out_dir: str | os.PathLike, precision: str | Sequen
         set_metadata(variant, model_metadata(model, name, attention, opset, prec, piece.outputs,
                                              **{"int8_mode": None, **int8, **piece.metadata()}))
         results[prec] = _write_checked(variant, out / file_name(prec), piece, prec, allow_degraded, **int8)
+    _drop_stale(out, list(results))
     return results
 
 
@@ -144,6 +145,7 @@ def _write_checked(model, path: Path, task, precision: str, allow_degraded: bool
         rep["status"] = "ok" if rep["passed"] else ("degraded" if allow_degraded else "rejected")
         _update_report(path.parent / "report.json", path.name, rep)
         if rep["status"] == "rejected":
+            path.unlink(missing_ok=True)  # an earlier export's file of this precision must not pass for this one
             unit = rep.get("gate_unit", "pp")
             raise VitlabError(f"{path.name}: {rep['gate']} {'drop ' * (unit == 'pp')}{rep['gate_drop_pp']:.2f} "
                               f"{unit} exceeds the {precision} budget of {rep['gate_budget_pp']} {unit} (see "
@@ -155,10 +157,32 @@ def _write_checked(model, path: Path, task, precision: str, allow_degraded: bool
     return ExportResult(path, rep, summary)
 
 
-def _update_report(path: Path, key: str, entry: dict[str, Any]) -> None:
+def _update_report(path: Path, key: str, entry: dict[str, Any] | None) -> None:
+    """Set (or, with ``entry=None``, drop) one file's entry of ``report.json``."""
     try:
         report = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         report = {}
-    report[key] = entry
+    if entry is None:
+        report.pop(key, None)
+    else:
+        report[key] = entry
     atomic_write_json(path, report)
+
+
+def _drop_stale(out: Path, written: list[str]) -> None:
+    """After an export, the folder holds this export only: an earlier export's files of the precisions not written
+    now (another checkpoint's ``model.int8.onnx``, say) and their report entries are removed."""
+    for prec in PRECISIONS:
+        name = file_name(prec)
+        if prec not in written and ((out / name).exists() or name in _report_keys(out / "report.json")):
+            (out / name).unlink(missing_ok=True)
+            _update_report(out / "report.json", name, None)
+            log.info("removed %s of an earlier export (not written by this one)", out / name)
+
+
+def _report_keys(path: Path) -> set[str]:
+    try:
+        return set(json.loads(path.read_text())) if path.is_file() else set()
+    except (OSError, json.JSONDecodeError):
+        return set()
