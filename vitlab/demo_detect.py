@@ -102,9 +102,9 @@ def _map50(preds, annotations: Path, labels: list[str]) -> float:
     """COCO mAP50 (%) of prediction records (original-image pixels; one per image of the COCO file, in its order)
     against that file, as ``vitlab test`` and ``vitlab predict --format coco`` results are scored."""
     from faster_coco_eval import COCO
-    from vitlab_edge.files import coco_category_ids
+    from vitlab_edge.files import coco_bbox, coco_category_ids
 
-    from vitlab.tasks.detection import coco_bbox, coco_evaluate
+    from vitlab.tasks.detection import coco_evaluate
 
     gt = COCO(str(annotations))
     images = [int(im["id"]) for im in gt.dataset["images"]]

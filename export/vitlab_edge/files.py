@@ -167,6 +167,13 @@ def check_coco_inputs(sources: Iterable[str | os.PathLike], annotations: str | o
                          f"{unknown[0]}")
 
 
+def coco_bbox(box: list[float]) -> list[float]:
+    """A record's ``[x1, y1, x2, y2]`` -> COCO's ``[x, y, w, h]``, width and height rounded to 3 decimals: the one
+    rule for COCO results rows (``write_coco``, and vitlab's COCO mAP, which scores the same rows)."""
+    x1, y1, x2, y2 = box
+    return [x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)]
+
+
 def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annotations: str | os.PathLike,
                labels: list[str]) -> int:
     """COCO results JSON (a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``) from detection
@@ -184,12 +191,12 @@ def write_coco(records: Iterable[dict[str, Any]], path: str | os.PathLike, annot
         iid = image_id(str(rec["source"]))
         if iid is None:
             raise ValueError(f"{rec['source']} is not an image of {annotations} (no file_name matches it)")
-        for (x1, y1, x2, y2), score, k in zip(rec["boxes"], rec["scores"], rec["class_ids"]):
+        for box, score, k in zip(rec["boxes"], rec["scores"], rec["class_ids"]):
             if not 0 <= int(k) < len(category):
                 raise ValueError(f"class id {k} of {rec['source']} has no category in {annotations} "
                                  f"({len(category)} categories)")
             results.append({"image_id": iid, "category_id": category[int(k)], "score": float(score),
-                            "bbox": [x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)]})
+                            "bbox": coco_bbox(box)})
 
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(results))

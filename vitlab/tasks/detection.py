@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from vitlab_edge.files import coco_bbox
 from vitlab_edge.metadata import TASK_KEYS
 
 from vitlab.errors import VitlabError
@@ -35,13 +36,6 @@ from vitlab.tasks.spec import TaskSpec, register_task
 SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
                 "mar_small", "mar_medium", "mar_large")
 OVERLAY_MIN_SCORE, OVERLAY_MAX_BOXES = 0.3, 30  # the predictions drawn on the test overlays (the best, by score)
-
-
-def coco_bbox(box: list[float]) -> list[float]:
-    """A record's ``[x1, y1, x2, y2]`` -> COCO's ``[x, y, w, h]``, rounded as ``vitlab predict --format coco``
-    writes it (``vitlab_edge.files.write_coco``)."""
-    x1, y1, x2, y2 = box
-    return [x1, y1, round(x2 - x1, 3), round(y2 - y1, 3)]
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
