@@ -27,14 +27,18 @@ class ClassificationExport:
     def graph(self, opset: int):
         return export_graph(self.model, opset)
 
+    def images(self, data: str | os.PathLike | None, split: str, limit: int) -> EvalSet:
+        """The eval (``split="test"``) or calibration (``"train"``) images ``data`` names (``load_eval_set``)."""
+        return load_eval_set(data, self.model.preprocess, split=split, limit=limit)
+
     def prepare(self, eval_data: str | os.PathLike | None, num_eval: int) -> str:
         """Read the held-out images and run the torch model on them; returns where they came from."""
-        self.eval_set = load_eval_set(eval_data, self.model.preprocess, split="test", limit=num_eval)
+        self.eval_set = self.images(eval_data, "test", num_eval)
         self.ref = torch_outputs(self.model, self.eval_set.images)
         return f"{len(self.eval_set.images)} images from {self.eval_set.source}"
 
     def calibration(self, calib_data: str | os.PathLike, num_calib: int) -> np.ndarray:
-        return load_eval_set(calib_data, self.model.preprocess, split="train", limit=num_calib).images
+        return self.images(calib_data, "train", num_calib).images
 
     def metadata(self) -> dict[str, Any]:
         return {}

@@ -8,51 +8,35 @@ import os
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from vitlab.errors import VitlabError
+from vitlab.onnx.classify import ClassificationExport
 from vitlab.onnx.graph import export_module
-from vitlab.onnx.report import EvalSet, counted_slices, load_eval_set, torch_outputs
+from vitlab.onnx.report import EvalSet, counted_slices, load_eval_set
 
 OUTPUTS = ["embedding"]
 # the smallest cosine similarity with torch's embedding that a variant may give on any eval image
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
 
 
-class EmbeddingExport:
+class EmbeddingExport(ClassificationExport):
     """An ``Embedder``'s graph, eval images, torch reference and cosine gate (``TaskSpec.exporter`` of
-    ``embedding``)."""
+    ``embedding``). The eval and calibration images, the torch reference and the fp32 nodes are the classification
+    piece's; the images need no labels, and the gate compares vectors."""
 
     outputs = OUTPUTS
-
-    def __init__(self, model: nn.Module, options: dict[str, Any]) -> None:
-        self.model = model.eval()
-        self.depth = model.backbone.depth
-        self.eval_set: EvalSet | None = None
-        self.ref: np.ndarray | None = None
 
     def graph(self, opset: int):
         return export_module(self.model, self.model.preprocess.input_size, OUTPUTS, opset, "the embedding model")
 
-    def _images(self, data: str | os.PathLike | None, split: str, limit: int) -> EvalSet:
+    def images(self, data: str | os.PathLike | None, split: str, limit: int) -> EvalSet:
         if data is None and tuple(self.model.preprocess.input_size) != (1, 28, 28):
             raise VitlabError("an embedding export is checked on real images: pass --eval-data FOLDER (images the "
                               "model did not train on)")
         return load_eval_set(data or "fashion-mnist", self.model.preprocess.replace(labels=()), split, limit)
 
-    def prepare(self, eval_data: str | os.PathLike | None, num_eval: int) -> str:
-        self.eval_set = self._images(eval_data, "test", num_eval)
-        self.ref = torch_outputs(self.model, self.eval_set.images)
-        return f"{len(self.eval_set.images)} images from {self.eval_set.source}"
-
-    def calibration(self, calib_data: str | os.PathLike, num_calib: int) -> np.ndarray:
-        return self._images(calib_data, "train", num_calib).images
-
     def metadata(self) -> dict[str, Any]:
         return {"embedding_dim": int(self.model.dim)}
-
-    def fp32_nodes(self, model) -> list[str]:
-        return []
 
     def evaluate(self, session, precision: str) -> dict[str, Any]:
         """Cosine similarity of ONNX and torch embeddings per image (min, mean) and nearest-neighbour agreement;
