@@ -223,12 +223,9 @@ class ResumableRun:
             yield next(new) if rec is None else json.dumps({**rec, "index": i}).encode() + b"\n"
 
     def merged(self) -> Iterator[dict[str, Any]]:
-        """Every input's record, in input order, with its ``index``: earlier ones from ``done``, this run's read
-        back from the journal (so memory holds the earlier records only)."""
-        new = self._new_lines()
-        for i, key in enumerate(self.keys):
-            rec = self.done.get(key)
-            yield json.loads(next(new)) if rec is None else {**rec, "index": i}
+        """Every input's record, in input order, with its ``index``: ``lines`` read as records (so memory holds the
+        earlier records only)."""
+        return map(json.loads, self.lines())
 
     def write_jsonl(self) -> int:
         """``out`` (a ``.jsonl``) from ``lines``, atomically; the count."""
