@@ -125,16 +125,9 @@ def predict(model: EdgeModel, files: list[str], run: ResumableRun, args: argpars
     """Journal one record per file not answered yet (``run.todo``), with a progress bar when stderr is a terminal,
     then write every file's record to ``args.out`` in input order; a summary line."""
     todo = [files[i] for i in run.todo]
-    try:
-        if todo:
-            run.record(model.stream(todo, batch_size=args.batch_size, topk=args.topk, progress=None))
-    except KeyboardInterrupt:
-        print(f"vitlab-edge: interrupted: {run.stopped() or 'nothing was finished'}", file=sys.stderr)
-        return 130
-    except BaseException:
-        if run.added:
-            print(f"vitlab-edge: stopped: {run.stopped()}", file=sys.stderr)
-        raise
+    if todo and run.record_or_report(model.stream(todo, batch_size=args.batch_size, topk=args.topk, progress=None),
+                                     "vitlab-edge"):
+        return 130  # Ctrl-C: what was finished is kept for --resume
     if args.format == "coco":
         try:
             n = write_coco(run.merged(), args.out, args.annotations, model.labels)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -203,6 +204,21 @@ class ResumableRun:
             if self.journal.stat().st_size == 0:
                 self.journal.unlink()  # nothing done, before or now: no journal to resume from
         return self.added
+
+    def record_or_report(self, records: Iterable[dict[str, Any]], prog: str) -> int:
+        """``record``, and when it stops early one line on stderr (``prog: interrupted: ...`` / ``prog: stopped:
+        ...``) on what is kept and how to go on. Returns 130 after Ctrl-C (the exit status for the command, no
+        traceback), else 0; any other error propagates after its line."""
+        try:
+            self.record(records)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted: {self.stopped() or 'nothing was finished'}", file=sys.stderr)
+            return 130
+        except BaseException:
+            if self.added:
+                print(f"{prog}: stopped: {self.stopped()}", file=sys.stderr)
+            raise
+        return 0
 
     def _new_lines(self) -> Iterator[bytes]:
         """This run's journal lines; RuntimeError unless every input of ``todo`` got one."""

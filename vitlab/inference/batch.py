@@ -146,8 +146,8 @@ def predict_files(a: argparse.Namespace) -> None:
         if todo:
             model.run_distributed(todo)
         return
-    if todo:
-        _record(run, model.records(todo))
+    if todo and run.record_or_report(model.records(todo), "vitlab"):
+        sys.exit(130)  # Ctrl-C: what was finished is kept for --resume
     if kind == "coco":
         n = write_coco(run.merged(), out, a.annotations, model.labels)
     elif kind == "npy":
@@ -161,16 +161,3 @@ def predict_files(a: argparse.Namespace) -> None:
     print(f"vitlab: {n} records ({run.errors} errors, {run.earlier} from the earlier output{skipped}) -> {out} "
           f"[{model.backend}] in {time.perf_counter() - t0:.1f} s")
 
-
-def _record(run: ResumableRun, records: Iterator[dict[str, Any]]) -> None:
-    """Journal the run's records; when it stops early, one line on what is kept and how to go on (Ctrl-C: exit
-    status 130, no traceback)."""
-    try:
-        run.record(records)
-    except KeyboardInterrupt:
-        print(f"vitlab: interrupted: {run.stopped() or 'nothing was finished'}", file=sys.stderr)
-        sys.exit(130)
-    except BaseException:
-        if run.added:
-            print(f"vitlab: stopped: {run.stopped()}", file=sys.stderr)
-        raise
