@@ -30,7 +30,7 @@ AUGMENT = "configs/augment/fmnist_flip.yaml"
 
 def make(args):
     L.seed_everything(0, verbose=False)
-    task = ClassificationTask(model_name=args.model, num_classes=10, lr=2e-3)
+    task = ClassificationTask(model_name=args.model, num_classes=10, optim={"lr": 2e-3})
     dm = FashionMNISTDataModule(batch_size=args.batch, train_augment=AUGMENT, num_workers=args.workers,
                                 preprocess=task.preprocess, val_fraction=0.0)
     dm.setup("fit")

@@ -90,7 +90,8 @@ def trained_ckpt(tmp_path_factory, fmnist_test):
     from vitlab.tasks import ClassificationTask
 
     L.seed_everything(0, verbose=False)
-    task = ClassificationTask("vitlab_fmnist", 10, list(FMNIST_LABELS), {"depth": 2}, lr=2e-3, warmup_epochs=0.2)
+    task = ClassificationTask("vitlab_fmnist", 10, list(FMNIST_LABELS), {"depth": 2},
+                              optim={"lr": 2e-3, "warmup_epochs": 0.2})
     data = FashionMNISTDataModule(limit=8192, batch_size=128, val_fraction=0.0)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

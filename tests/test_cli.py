@@ -39,7 +39,7 @@ def test_fit_then_test_then_validate(tmp_path):
     assert ck["hyper_parameters"]["class_names"][0] == "T-shirt/top"
     assert ck["global_step"] == 12 and ck["epoch"] == 1  # 2 epochs x 6 batches (384 train images / 64)
     task = vitlab.load(last)  # the CLI's checkpoint rebuilds its task alone
-    assert task.preprocess.labels[0] == "T-shirt/top" and task.hparams.lr == 3e-3
+    assert task.preprocess.labels[0] == "T-shirt/top" and task.optim.lr == 3e-3
     assert (root / "logs" / "version_0" / "metrics.csv").exists()
     assert list((root / "logs" / "version_0").glob("events.out.tfevents.*"))  # TensorBoard beside CSV
     res = run(["test", "--config", CFG, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"], REPO)

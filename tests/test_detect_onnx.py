@@ -166,7 +166,8 @@ def det_ckpt(tmp_path_factory, fmnist_test):
     root = tmp_path_factory.mktemp("scenes")
     paths = write_scenes(root, {"train": 64, "val": 0, "test": 24}, image_size=96)
     torch.manual_seed(0)
-    task = DetectionTask("vitdet_scenes", 10, NAMES, dict(OPTS), lr=3e-3, score_thresh=0.05, max_det=30, topk=200)
+    task = DetectionTask("vitdet_scenes", 10, NAMES, dict(OPTS), optim={"lr": 3e-3}, score_thresh=0.05, max_det=30,
+                         topk=200)
     data = DetectionSamples(CocoDetectionDataset(read_coco(paths["train"][1], paths["train"][0]).images),
                             task.model.preprocess)
     items = [data[i] for i in range(len(data))]

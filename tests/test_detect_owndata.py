@@ -168,7 +168,7 @@ def test_one_class_with_crowd_tiny_and_empty_images_scores_as_coco_eval(one_clas
     assert len(crowd) == 2 and len(tiny) == 3 and len({a["image_id"] for a in doc["annotations"]}) == 10
     metrics, rows, summary, report, stats = _fit_test_export_predict(
         "coco_small.yaml", one_class, tmp_path,
-        ["--trainer.max_steps=60", "--trainer.val_check_interval=30", "--model.init_args.lr=3e-3",
+        ["--trainer.max_steps=60", "--trainer.val_check_interval=30", "--model.init_args.optim.lr=3e-3",
          "--data.init_args.train_augment=null"])
     assert stats[1] > 0.08, "the 60-step detector found too little to compare"
     assert metrics["test/map"] == pytest.approx(stats[0], abs=1e-4)
@@ -188,7 +188,7 @@ def test_a_class_missing_from_the_test_split(missing_class, tmp_path):
     doc = json.loads(missing_class["test"][1].read_text())
     assert {a["category_id"] for a in doc["annotations"]} == {1}
     metrics, rows, summary, report, stats = _fit_test_export_predict(
-        "scenes_demo.yaml", missing_class, tmp_path, ["--trainer.max_epochs=6", "--model.init_args.lr=3e-3"])
+        "scenes_demo.yaml", missing_class, tmp_path, ["--trainer.max_epochs=6", "--model.init_args.optim.lr=3e-3"])
     assert [r["class"] for r in rows] == ["top", "footwear"]
     assert rows[1] == {"class": "footwear", "class_id": "1", "ap": "", "ap50": "", "ap75": "", "ar100": "",
                        "num_gt": "0"}

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from vitlab_edge.boxes import boxes_to_original
 from vitlab_edge.files import write_coco
-from vitlab_edge.records import RowContext, decoder_for
+from vitlab_edge.records import RowContext
+from vitlab_edge.tasks import decoder_for
 
 from tests.conftest import REPO
 from vitlab.errors import VitlabError
@@ -200,7 +201,7 @@ def _cli_args(root, run):
             *(f"--data.init_args.{k}={v}" for k, v in SCENES.items()), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8",
             f"--model.init_args.model_options={json.dumps(TINY['model_options'])}",
-            "--model.init_args.lr=3e-3", "--model.init_args.warmup_epochs=0.5", "--trainer.max_epochs=4",
+            "--model.init_args.optim.lr=3e-3", "--model.init_args.optim.warmup_epochs=0.5", "--trainer.max_epochs=4",
             "--trainer.limit_train_batches=null", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
             f"--trainer.default_root_dir={run}"]
 

@@ -156,7 +156,7 @@ def test_detection_overlay_draws_boxes_where_they_are(tmp_path):
 def test_layer_decay_covers_backbone_and_keeps_neck_and_head_at_full_lr():
     from vitlab.tasks import DetectionTask
 
-    task = DetectionTask(**TINY, layer_decay=0.5, lr=1.0)
+    task = DetectionTask(**TINY, optim={"layer_decay": 0.5, "lr": 1.0})
     groups = task._param_groups()
     scales = sorted({g.get("lr_scale", 1.0) for g in groups})
     # timm's grouping: embeddings 0.25, block 0 0.5, block 1 (with the final norm the map goes through), neck, head 1
@@ -183,7 +183,7 @@ def trained(tmp_path_factory, fmnist_test):
 
     L.seed_everything(0, verbose=False)
     root, run = tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("run")
-    task = DetectionTask(**TINY, lr=3e-3, warmup_epochs=0.5)
+    task = DetectionTask(**TINY, optim={"lr": 3e-3, "warmup_epochs": 0.5})
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, default_root_dir=run, log_every_n_steps=1,
                         logger=CSVLogger(run, name="logs"), enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
@@ -292,7 +292,7 @@ def test_ddp_fit_and_test_compute_one_map_over_both_ranks(tmp_path):
     common = ["--config", str(REPO / "configs" / "detect" / "scenes_demo.yaml"), f"--data.init_args.root={scenes}",
               "--data.init_args.train_size=16", "--data.init_args.val_size=8", "--data.init_args.test_size=8",
               "--data.init_args.image_size=96", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
-              f"--model.init_args.model_options={opts}", "--model.init_args.lr=3e-3", "--trainer.max_epochs=2",
+              f"--model.init_args.model_options={opts}", "--model.init_args.optim.lr=3e-3", "--trainer.max_epochs=2",
               "--trainer.limit_train_batches=null", "--trainer.enable_progress_bar=false"]
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2"]
     run(["fit", *common, *ddp, f"--trainer.default_root_dir={tmp_path / 'fit'}"], REPO)

@@ -28,8 +28,8 @@ def _tiny_task():
     from vitlab.tasks import DiffusionTask
 
     torch.manual_seed(0)
-    task = DiffusionTask(model_name="dit_fmnist_tiny", class_names=LABELS, sample_steps=STEPS, guidance=2.0, lr=1e-2,
-                         ema_decay=0.5)
+    task = DiffusionTask(model_name="dit_fmnist_tiny", class_names=LABELS, sample_steps=STEPS, guidance=2.0,
+                         optim={"lr": 1e-2}, ema_decay=0.5)
     opt = torch.optim.AdamW(task.model.parameters(), lr=1e-2)
     for _ in range(5):  # a few steps, so that the EMA weights (the exported ones) differ from the init
         batch = {"image": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), "target": torch.arange(8)}

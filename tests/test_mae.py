@@ -138,7 +138,7 @@ def test_loss_counts_masked_patches_only():
 
 def test_mae_learns_a_small_batch(fmnist_test):
     torch.manual_seed(0)
-    task = MAETask("vitlab_fmnist", decoder_dim=32, decoder_depth=1, lr=2e-3)
+    task = MAETask("vitlab_fmnist", decoder_dim=32, decoder_depth=1, optim={"lr": 2e-3})
     x = torch.from_numpy(fmnist_test[0][:64])[:, None]
     opt = torch.optim.AdamW(task.parameters(), lr=2e-3)
     losses = []
@@ -200,7 +200,7 @@ def test_classifier_starts_from_the_mae_encoder_with_a_key_report(mae_ckpt):
     task, path = mae_ckpt
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = ClassificationTask("vitlab_fmnist", 10, pretrained=str(path), layer_decay=0.75)
+        clf = ClassificationTask("vitlab_fmnist", 10, pretrained=str(path), optim={"layer_decay": 0.75})
     report = [str(w.message) for w in caught if issubclass(w.category, WeightsWarning)]
     assert len(report) == 1 and "2 missing (head.weight, head.bias)" in report[0] and "0 unexpected" in report[0]
     assert "tensors of the checkpoint's own head dropped (decoder_blocks, decoder_embed, decoder_norm, " \

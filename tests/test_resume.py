@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -155,6 +156,31 @@ def test_edge_cli_ctrl_c_then_resume(exported, pngs, tmp_path, monkeypatch, caps
     assert edge_main([*args, "--resume"]) == 0
     assert calls == [60, 36] and "60 records (0 errors, 24 from the earlier output)" in capsys.readouterr().out
     assert out.read_text() == reference and not journal_path(out).exists()
+
+
+def test_resumed_run_numbers_records_and_overlay_files_as_the_whole_run(trained_ckpt, pngs, tmp_path, monkeypatch,
+                                                                        capsys):
+    """Ctrl-C after 24 of 40, then --resume: the second run's records and overlay PNGs carry their index in the whole
+    input (24..39), not 0..15 again over the first run's files."""
+    from vitlab.cli import main
+    from vitlab.inference.predictor import Predictor
+
+    files, out, shots = pngs[0][:40], tmp_path / "preds.jsonl", tmp_path / "shots"
+    args = ["predict", str(trained_ckpt), *files, "--out", str(out), "--batch-size", "8", "--workers", "0",
+            "--overlays", str(shots)]
+    calls = []
+    with monkeypatch.context() as m:
+        _interrupt_after(m, Predictor, "stream", 24, calls)
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 130
+    first = sorted(p.name for p in shots.iterdir())
+    main([*args, "--resume"])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in recs] == list(range(40)) and calls == [40]
+    names = sorted(p.name for p in shots.iterdir())
+    assert names == [f"{i:06d}_{i:03d}.png" for i in range(40)] and set(first) < set(names)
+    assert [Path(r["overlay"]).name for r in recs[24:]] == names[24:]
 
 
 def _detector_ckpt(path):

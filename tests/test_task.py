@@ -16,7 +16,7 @@ def _trainer(tmp_path, **kw):
 
 
 def test_layer_decay_scales_lr_per_depth():
-    task = ClassificationTask(**TINY, layer_decay=0.5, lr=1.0)
+    task = ClassificationTask(**TINY, optim={"layer_decay": 0.5, "lr": 1.0})
     groups = task._param_groups()
     scales = sorted({g.get("lr_scale", 1.0) for g in groups})
     assert scales[0] == pytest.approx(0.5 ** 3) and scales[-1] == 1.0  # embed, 2 blocks, head
@@ -24,8 +24,8 @@ def test_layer_decay_scales_lr_per_depth():
 
 def test_learns_on_real_images_and_reloads_from_checkpoint_alone(tmp_path, fmnist_test):
     L.seed_everything(0)
-    task = ClassificationTask(**TINY, num_classes=10, lr=3e-3, warmup_epochs=0.2, mixup_alpha=0.2,
-                              cutmix_alpha=0.5, mix_prob=0.5, ema_decay=0.9)
+    task = ClassificationTask(**TINY, num_classes=10, optim={"lr": 3e-3, "warmup_epochs": 0.2},
+                              mixup_alpha=0.2, cutmix_alpha=0.5, mix_prob=0.5, ema_decay=0.9)
     dm = FashionMNISTDataModule(limit=1024, batch_size=64, val_fraction=0.25)
     trainer = _trainer(tmp_path, max_epochs=3)
     trainer.fit(task, dm)

@@ -6,7 +6,8 @@ already applied inside the graph), ``interpolation``, ``resize`` (squash | cente
 ``crop_pct``, ``inputs`` / ``outputs`` (tensor names), ``input_dtype`` ("uint8"), ``backbone``, ``depth``,
 ``attention`` (onnx | ort-mha), ``opset``, ``precision`` (fp32 | fp16 | int8), ``vitlab_version``.
 
-``task`` says what the outputs are: ``classification`` (``probs``, ``logits`` ``[N, K]``) or ``detection``
+``task`` says what the outputs are (each task's outputs, keys and rules are declared in ``vitlab_edge.tasks``):
+``classification`` (``probs``, ``logits`` ``[N, K]``) or ``detection``
 (``boxes`` ``[N, max_det, 4]`` x1, y1, x2, y2 in model-input pixels, ``scores`` ``[N, max_det]``, ``labels`` int64
 ``[N, max_det]``, ``num_dets`` int64 ``[N]``; rows past ``num_dets`` are padding), with the post-processing the graph
 runs: ``score_thresh``, ``nms_thresh``, ``topk``, ``max_det``, ``class_agnostic``; its ``resize`` is ``letterbox``.
@@ -23,18 +24,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vitlab_edge.tasks import edge_task
+
 METADATA_KEY = "vitlab"
 FORMAT = 1
 REQUIRED = ("format", "task", "labels", "input_size", "mean", "std", "interpolation", "resize", "crop_pct",
             "inputs", "outputs", "precision")
-# per task: the keys it adds (a detector's: its post-processing options) and the outputs its graph has; vitlab's
-# exporter and torch backend take both from here
-TASK_KEYS = {"classification": (), "detection": ("score_thresh", "nms_thresh", "topk", "max_det", "class_agnostic"),
-             "generation": ("objective", "sampler", "steps", "guidance", "null_class", "pixel_scale"),
-             "embedding": ("embedding_dim",)}
-TASK_OUTPUTS = {"classification": ("probs", "logits"), "detection": ("boxes", "scores", "labels", "num_dets"),
-                "generation": ("v",), "embedding": ("embedding",)}
-GENERATION_INPUTS = ("x", "t", "y", "guidance")
 
 
 class ModelFormatError(ValueError):
@@ -58,28 +53,21 @@ def parse_metadata(text: str | None, source: str) -> dict[str, Any]:
     if meta["format"] > FORMAT:
         raise ModelFormatError(f"{source}: metadata format {meta['format']} is newer than this kit understands "
                                f"({FORMAT}); upgrade vitlab-edge")
-    task = "detection" if meta["task"] == "detect" else meta["task"]  # the short name some metadata may use
-    if task not in TASK_KEYS:
-        raise ModelFormatError(f"{source}: task {task!r} is not one this kit serves ({', '.join(TASK_KEYS)}); "
-                               "upgrade vitlab-edge")
-    missing = [k for k in TASK_KEYS[task] if k not in meta]
+    try:
+        spec = edge_task(meta["task"])
+    except KeyError as e:
+        raise ModelFormatError(f"{source}: {e.args[0]}") from None
+    missing = [k for k in spec.keys if k not in meta]
     if missing:
-        raise ModelFormatError(f"{source}: '{METADATA_KEY}' metadata of a {task} model lacks {', '.join(missing)}; "
-                               "re-export the model")
-    lacking = [o for o in TASK_OUTPUTS[task] if o not in meta["outputs"]]
+        raise ModelFormatError(f"{source}: '{METADATA_KEY}' metadata of a {spec.name} model lacks "
+                               f"{', '.join(missing)}; re-export the model")
+    lacking = [o for o in spec.outputs if o not in meta["outputs"]]
     if lacking:
-        raise ModelFormatError(f"{source}: a {task} model must have outputs {list(TASK_OUTPUTS[task])}, the "
+        raise ModelFormatError(f"{source}: a {spec.name} model must have outputs {list(spec.outputs)}, the "
                                f"metadata lists {meta['outputs']}")
-    if task == "detection" and (meta["resize"] != "letterbox" or int(meta["max_det"]) < 1):
-        raise ModelFormatError(f"{source}: a detection model needs resize 'letterbox' and max_det >= 1, the "
-                               f"metadata says {meta['resize']!r}, {meta['max_det']}")
-    if task == "generation" and (list(meta["inputs"]) != list(GENERATION_INPUTS)
-                                 or meta["objective"] != "rectified_flow" or meta["sampler"] not in ("euler", "heun")
-                                 or int(meta["steps"]) < 1 or int(meta["null_class"]) < 1):
-        raise ModelFormatError(f"{source}: a generation model needs inputs {list(GENERATION_INPUTS)}, objective "
-                               "'rectified_flow', sampler euler or heun, steps >= 1 and null_class >= 1; the metadata "
-                               f"says {meta['inputs']}, {meta['objective']!r}, {meta['sampler']!r}, {meta['steps']}, "
-                               f"{meta['null_class']}")
+    wrong = spec.check(meta) if spec.check else None
+    if wrong:
+        raise ModelFormatError(f"{source}: {wrong}")
     c, h, w = meta["input_size"]
     if c not in (1, 3) or h < 1 or w < 1:
         raise ModelFormatError(f"{source}: bad input_size {meta['input_size']} in the metadata")

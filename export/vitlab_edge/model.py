@@ -22,9 +22,10 @@ import numpy as np
 from vitlab_edge.imaging import DEFAULT_MAX_PIXELS, ImageReadError, draft_request, resize, to_hwc_uint8, to_layout
 from vitlab_edge.metadata import METADATA_KEY, ModelFormatError, parse_metadata
 from vitlab_edge.progress import Progress
-from vitlab_edge.records import RecordDecoder, RowContext, decoder_for, topk_record
+from vitlab_edge.records import RecordDecoder, RowContext, topk_record
 from vitlab_edge.session import RuntimeMissingError, create_session
 from vitlab_edge.sources import iter_inputs
+from vitlab_edge.tasks import decoder_for
 
 
 class ExportedModel:

@@ -1,7 +1,8 @@
 """Records from a model's outputs, numpy only: the one decoding the edge kit, vitlab's Predictor and both CLIs use.
 
 A task's ``RecordDecoder`` says which graph outputs it reads and turns one input's row of them into the task's
-record fields; ``DECODERS`` maps the task name (checkpoint ``preprocess.task``, ONNX metadata ``task``) to it.
+record fields; each task's descriptor (``vitlab_edge.tasks``) names its decoder, and ``tasks.decoder_for`` finds it
+by the task name (checkpoint ``preprocess.task``, ONNX metadata ``task``).
 
 - ``classification``: ``probs [N, K]`` -> ``label``, ``class_id``, ``prob`` (top-1) and ``topk`` (a list of
   ``{"label", "class_id", "prob"}``).
@@ -94,23 +95,8 @@ def _embedding(outputs: dict[str, np.ndarray], row: int, ctx: RowContext) -> dic
     return {"embedding": [float(v) for v in np.asarray(outputs["embedding"][row], np.float32)]}
 
 
-DECODERS: dict[str, RecordDecoder] = {
-    "classification": RecordDecoder(
-        "classification", ("probs",), ("label", "class_id", "prob", "topk"),
-        lambda: {"label": None, "class_id": None, "prob": None, "topk": []}, _classification),
-    "detection": RecordDecoder(
-        "detection", ("boxes", "scores", "labels", "num_dets"), ("boxes", "scores", "labels", "class_ids"),
-        lambda: {"boxes": [], "scores": [], "labels": [], "class_ids": []}, _detection),
-    "embedding": RecordDecoder("embedding", ("embedding",), ("embedding",), lambda: {"embedding": []}, _embedding),
-}
-
-
-def decoder_for(task: str | None) -> RecordDecoder:
-    """The record decoder of ``task`` (None: classification, what models before the ``task`` key were); an unknown
-    task raises ValueError naming the known ones."""
-    task = task or "classification"
-    if task == "detect":  # the short name some metadata may use
-        task = "detection"
-    if task not in DECODERS:
-        raise ValueError(f"no record decoder for task {task!r}; this version knows {', '.join(DECODERS)}")
-    return DECODERS[task]
+CLASSIFICATION = RecordDecoder("classification", ("probs",), ("label", "class_id", "prob", "topk"),
+                               lambda: {"label": None, "class_id": None, "prob": None, "topk": []}, _classification)
+DETECTION = RecordDecoder("detection", ("boxes", "scores", "labels", "num_dets"), ("boxes", "scores", "labels",
+                          "class_ids"), lambda: {"boxes": [], "scores": [], "labels": [], "class_ids": []}, _detection)
+EMBEDDING = RecordDecoder("embedding", ("embedding",), ("embedding",), lambda: {"embedding": []}, _embedding)

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from vitlab_edge.files import atomic_write
-from vitlab_edge.metadata import GENERATION_INPUTS, ModelFormatError
+from vitlab_edge.metadata import ModelFormatError
 from vitlab_edge.model import ExportedModel
 from vitlab_edge.sampling import Step, sample
+from vitlab_edge.tasks import EDGE_TASKS
 
 
 class LabelError(ValueError):
@@ -56,7 +57,7 @@ def session_step(session: Any) -> Step:
     """A generation model's ONNX Runtime session as a step function ``(x, t, y, guidance) -> v``."""
 
     def step(x: np.ndarray, t: np.ndarray, y: np.ndarray, g: np.ndarray) -> np.ndarray:
-        return session.run(["v"], dict(zip(GENERATION_INPUTS, (x, t, y, g))))[0]
+        return session.run(["v"], dict(zip(EDGE_TASKS["generation"].inputs, (x, t, y, g))))[0]
 
     return step
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vitlab_edge.journal import JournalError, ResumableRun
-from vitlab_edge.records import decoder_for
 from vitlab_edge.sources import expand_inputs
+from vitlab_edge.tasks import decoder_for
 
 from vitlab.errors import VitlabError
 from vitlab.inference.writers import check_output, read_records, write_coco, write_embeddings, write_records
@@ -90,11 +90,12 @@ class _Model:
             pre, self.backend = self.predictor.preprocess, self.predictor.backend.name
         self.task, self.labels = pre.task, list(pre.labels)
 
-    def records(self, todo: list[Any]) -> Iterator[dict[str, Any]]:
+    def records(self, todo: list[Any], indices: list[int]) -> Iterator[dict[str, Any]]:
+        """The records of ``todo``, numbered (and their overlay files named) by ``indices`` in the whole input."""
         a = self.a
         if not self.distributed:  # progress=None: a bar on a terminal, nothing in a pipe
             for p in self.predictor.stream(todo, a.batch_size, a.workers, a.topk, a.overlays, a.explain,
-                                           progress=None):
+                                           progress=None, indices=indices):
                 yield p.to_dict()
             return
         if self.run_distributed(todo):  # rank 0: every rank's records, merged in input order
@@ -146,7 +147,7 @@ def predict_files(a: argparse.Namespace) -> None:
         if todo:
             model.run_distributed(todo)
         return
-    if todo and run.record_or_report(model.records(todo), "vitlab"):
+    if todo and run.record_or_report(model.records(todo, run.todo), "vitlab"):
         sys.exit(130)  # Ctrl-C: what was finished is kept for --resume
     if kind == "coco":
         n = write_coco(run.merged(), out, a.annotations, model.labels)

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_iou
-from vitlab_edge.metadata import TASK_KEYS, TASK_OUTPUTS
 from vitlab_edge.progress import Progress
+from vitlab_edge.tasks import EDGE_TASKS
 
 from vitlab.errors import VitlabError
 from vitlab.models.fcos import points_per_level, postprocess
 from vitlab.onnx.report import counted_slices
 
-OUTPUTS = list(TASK_OUTPUTS["detection"])
-POST_OPTIONS = TASK_KEYS["detection"]
+OUTPUTS = list(EDGE_TASKS["detection"].outputs)
+POST_OPTIONS = EDGE_TASKS["detection"].keys
 MAX_MAP50_DROP_PP = {"fp32": 0.1, "fp16": 0.5, "int8": 1.0}
 MATCH_IOU, MATCH_SCORE = 0.99, 1e-3  # a detection "the same" as torch's: same label, IoU and score this close
 

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from vitlab_edge.metadata import GENERATION_INPUTS, TASK_OUTPUTS
 from vitlab_edge.sampler import session_step
 from vitlab_edge.sampling import sample
+from vitlab_edge.tasks import EDGE_TASKS
 
 from vitlab.errors import VitlabError
 
-OUTPUTS = list(TASK_OUTPUTS["generation"])
+OUTPUTS, INPUTS = list(EDGE_TASKS["generation"].outputs), EDGE_TASKS["generation"].inputs
 PER_CLASS, SEED = 2, 0
 MAX_MEAN_ABS_DIFF = 1.0  # uint8 levels: 1/255 of the pixel range, for every precision
 
@@ -45,7 +45,7 @@ def step_examples(input_size: tuple[int, int, int], num_classes: int, n: int = 3
     g = torch.Generator().manual_seed(0)
     values = (torch.randn(n, *input_size, generator=g), torch.rand(n, generator=g),
               torch.randint(0, num_classes, (n,), generator=g), torch.full((n,), 2.0))
-    return dict(zip(GENERATION_INPUTS, values))
+    return dict(zip(INPUTS, values))
 
 
 class GenerationExport:
@@ -89,7 +89,7 @@ class GenerationExport:
         raise VitlabError("static int8 (calibration data) is not supported for generation models")
 
     def metadata(self) -> dict[str, Any]:
-        return {"inputs": list(GENERATION_INPUTS), "input_dtype": "float32", "arch": "dit", "depth": self.depth,
+        return {"inputs": list(INPUTS), "input_dtype": "float32", "arch": "dit", "depth": self.depth,
                 "objective": "rectified_flow", **self.defaults, "null_class": self.denoiser.null_class,
                 "pixel_scale": 127.5}
 

@@ -12,6 +12,7 @@ from vitlab.tasks.detection import DetectionTask
 from vitlab.tasks.diffusion import DiffusionTask
 from vitlab.tasks.embedding import embedding_outputs  # registers the inference-only embedding task
 from vitlab.tasks.mae import MAETask
+from vitlab.tasks.optim import OptimConfig, migrate_hparams
 from vitlab.tasks.spec import TaskSpec, get_task, list_tasks, register_task, task_of_module
 
 
@@ -32,7 +33,7 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
         cls = task_of_module(str(ckpt.get("vitlab_task", "ClassificationTask"))).module
     except VitlabError as e:
         raise VitlabError(f"{path}: {e}") from None
-    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
+    hp = migrate_hparams({k: v for k, v in hp.items() if not k.startswith("_")})
     if "pretrained" in hp:
         hp["pretrained"] = False  # the checkpoint's own weights replace any starting point (a HF folder's too)
     task = cls(**hp)
@@ -40,5 +41,5 @@ def load_task(path: str | os.PathLike, map_location: str = "cpu"):
     return task.eval()
 
 
-__all__ = ["ClassificationTask", "DetectionTask", "DiffusionTask", "MAETask", "TaskSpec", "VitlabTask",
+__all__ = ["ClassificationTask", "DetectionTask", "DiffusionTask", "MAETask", "OptimConfig", "TaskSpec", "VitlabTask",
            "embedding_outputs", "get_task", "list_tasks", "load_task", "register_task", "task_of_module"]

@@ -1,8 +1,9 @@
 """What every vitlab task shares: the model's preprocessing, the task name in the checkpoint, skipped-image
 counting, where ``test`` writes its report, and the optimiser (AdamW + warmup-cosine, optional layer-wise LR decay).
 
-A task subclass sets ``self.model`` (an ``nn.Module`` with ``backbone: ViTBackbone`` and ``preprocess``) and has
-the hyper-parameters ``lr``, ``weight_decay``, ``betas``, ``warmup_epochs``, ``min_lr_ratio`` and ``layer_decay``.
+A task subclass sets ``self.model`` (an ``nn.Module`` with ``backbone: ViTBackbone`` and ``preprocess``), takes
+``optim: OptimConfig`` (``vitlab.tasks.optim``) with its own defaults, and before ``save_hyperparameters()``
+rebinds it to ``OptimConfig.of(optim, ITS_DEFAULTS).as_dict()`` so that the checkpoint holds plain values.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning as L
 import torch
 
 from vitlab.preprocess import PreprocessCfg
+from vitlab.tasks.optim import OptimConfig
 
 
 class VitlabTask(L.LightningModule):
@@ -51,33 +53,30 @@ class VitlabTask(L.LightningModule):
         ``layer_decay``, BEiT: Bao et al. 2021), then everything outside the backbone (heads, necks) at full LR."""
         from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-        vit, wd = self.model.backbone.vit, self.hparams.weight_decay
-        if self.hparams.layer_decay:
-            groups = param_groups_layer_decay(vit, weight_decay=wd, layer_decay=self.hparams.layer_decay)
+        vit, wd = self.model.backbone.vit, self.optim.weight_decay
+        if self.optim.layer_decay:
+            groups = param_groups_layer_decay(vit, weight_decay=wd, layer_decay=self.optim.layer_decay)
         else:
             groups = param_groups_weight_decay(vit, weight_decay=wd)
         head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
         return [*groups, {"params": head, "weight_decay": wd}]
 
-    def build_optimizer(self, total_steps: int, steps_per_epoch: float):
-        """AdamW over the (layer-decayed) parameter groups + per-step warmup-cosine LambdaLR."""
-        h = self.hparams
-        opt = torch.optim.AdamW(self._param_groups(), lr=h.lr, betas=tuple(h.betas))
-        for g in opt.param_groups:  # timm's layer-decay groups carry their own multiplier
-            g["lr"] = h.lr * g.get("lr_scale", 1.0)
-        total = max(1, total_steps)
-        warmup = min(int(h.warmup_epochs * steps_per_epoch), total - 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimiser settings; the hyper-parameters hold them as a plain dict (see ``vitlab.tasks.optim``)."""
+        return OptimConfig.of(self.hparams["optim"], OptimConfig())
 
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        opt, sched = self.build_optimizer(total, total / epochs)
+        """AdamW over the parameter groups + per-step warmup-cosine; the warmup's epochs are epochs of the training
+        data (``num_training_batches``), also when ``max_steps`` ends the run first."""
+        total = int(self.trainer.estimated_stepping_batches)  # also sets up the train dataloader
+        batches = self.trainer.num_training_batches
+        per_epoch = (math.ceil(batches / max(1, self.trainer.accumulate_grad_batches))
+                     if batches and math.isfinite(batches) else total)
+        opt, sched = self.build_optimizer(total, per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def build_optimizer(self, total_steps: int, steps_per_epoch: float):
+        """``(AdamW, LambdaLR)`` over this task's parameter groups with its ``optim`` settings (also for a bare
+        training loop: ``benchmarks/``)."""
+        return self.optim.build(self._param_groups(), total_steps, steps_per_epoch)

@@ -26,7 +26,10 @@ from torchmetrics.classification import (
 from vitlab.errors import VitlabError
 from vitlab.models.classify import create_model
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.optim import OptimConfig
 from vitlab.tasks.spec import TaskSpec, register_task
+
+DEFAULT_OPTIM = OptimConfig(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=1.0)
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -42,21 +45,21 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
 class ClassificationTask(VitlabTask):
     def __init__(self, model_name: str = "vitlab_fmnist", num_classes: int = 10,
                  class_names: list[str] | None = None, model_options: dict[str, Any] | None = None,
-                 pretrained: str | bool | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
-                 layer_decay: float | None = None, label_smoothing: float = 0.1, mixup_alpha: float = 0.0,
+                 pretrained: str | bool | None = None, optim: OptimConfig = DEFAULT_OPTIM,
+                 label_smoothing: float = 0.1, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, mix_prob: float = 1.0, ema_decay: float | None = None) -> None:
         """
         Args:
             model_name: vitlab variant or timm ViT-family architecture (``vitlab.list_models()``).
             model_options: backbone options (img_size, patch_size, in_chans, drop_path_rate, ...).
             pretrained: local weights file (.safetensors/.pth/.ckpt) or Hugging Face ViT folder to start from.
-            warmup_epochs: linear warmup length, then cosine decay to ``lr * min_lr_ratio`` at the last step.
-            layer_decay: LR multiplier per block going down from the head (e.g. 0.75), None = off.
+            optim: AdamW + warmup-cosine settings (``OptimConfig``: lr, weight_decay, betas, warmup_epochs,
+                warmup_steps, min_lr_ratio, layer_decay); keys left out keep ``DEFAULT_OPTIM``.
             mixup_alpha / cutmix_alpha: Beta parameters; 0 disables each.
             ema_decay: keep an exponential moving average of the weights (used for validation and saved).
         """
         super().__init__()
+        optim = OptimConfig.of(optim, DEFAULT_OPTIM).as_dict()  # plain values in the checkpoint
         self.save_hyperparameters()
         if class_names is not None and len(class_names) != num_classes:
             raise VitlabError(f"model.class_names has {len(class_names)} names for num_classes={num_classes}")

@@ -25,12 +25,15 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from vitlab_edge.files import coco_bbox
-from vitlab_edge.metadata import TASK_KEYS
+from vitlab_edge.tasks import EDGE_TASKS
 
 from vitlab.errors import VitlabError
 from vitlab.models.detect import create_detector, postprocess
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.optim import OptimConfig
 from vitlab.tasks.spec import TaskSpec, register_task
+
+DEFAULT_OPTIM = OptimConfig(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=1.0)
 
 # COCOeval's twelve summary figures in its order, logged as val/<key> and test/<key>
 SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
@@ -176,22 +179,22 @@ class CocoMAP(Metric):
 class DetectionTask(VitlabTask):
     def __init__(self, model_name: str = "vitdet_scenes", num_classes: int = 10,
                  class_names: list[str] | None = None, model_options: dict[str, Any] | None = None,
-                 pretrained: str | bool | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
-                 layer_decay: float | None = None, score_thresh: float = 0.05, nms_thresh: float = 0.6,
+                 pretrained: str | bool | None = None, optim: OptimConfig = DEFAULT_OPTIM,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.6,
                  topk: int = 1000, max_det: int = 100, class_agnostic: bool = False, num_overlays: int = 8) -> None:
         """
         Args:
             model_name: registered detector variant (``vitdet_scenes``, ``vitdet_small_640``, ...).
             model_options: the variant's options (backbone and head; see ``vitlab.models.detect``).
             pretrained: backbone weights to start from (local .safetensors/.pth/.ckpt or Hugging Face ViT folder).
-            warmup_epochs: linear warmup length, then cosine decay to ``lr * min_lr_ratio`` at the last step.
-            layer_decay: LR multiplier per ViT block going down from the neck (e.g. 0.7 as in ViTDet), None = off.
+            optim: AdamW + warmup-cosine settings (``OptimConfig``); keys left out keep ``DEFAULT_OPTIM``;
+                ``layer_decay`` scales the LR per ViT block going down from the neck (e.g. 0.7 as in ViTDet).
             score_thresh / nms_thresh / topk / max_det / class_agnostic: post-processing, as in the exported graph
                 (the defaults are COCO evaluation's: keep low-scoring boxes, 100 per image).
             num_overlays: test images drawn with their ground truth and predictions after ``test``.
         """
         super().__init__()
+        optim = OptimConfig.of(optim, DEFAULT_OPTIM).as_dict()  # plain values in the checkpoint
         self.save_hyperparameters()
         if class_names is not None and len(class_names) != num_classes:
             raise VitlabError(f"model.class_names has {len(class_names)} names for num_classes={num_classes}")
@@ -316,7 +319,7 @@ def detection_outputs(model, images: torch.Tensor, **options: Any) -> dict[str, 
 
 register_task(TaskSpec(
     "detection", DetectionTask, aliases=("detect",), outputs=detection_outputs,
-    options=TASK_KEYS["detection"],  # the post-processing options the metadata carries too
+    options=EDGE_TASKS["detection"].keys,  # the post-processing options the metadata carries too
     exporter="vitlab.onnx.detect:DetectionExport", result="vitlab.inference.results:DetectionPrediction",
     overlay="vitlab.inference.results:detection_overlay",
     demo=("detect/scenes_demo.yaml", "runs/demo_detect", "vitlab.demo_detect:detect_demo")))

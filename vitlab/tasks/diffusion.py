@@ -22,7 +22,10 @@ from vitlab.errors import VitlabError
 from vitlab.models.diffusion import Denoiser, denoiser_cfg, flow_pair, to_model_space
 from vitlab.preprocess import PreprocessCfg
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.optim import OptimConfig
 from vitlab.tasks.spec import TaskSpec, register_task
+
+DEFAULT_OPTIM = OptimConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), warmup_epochs=0.5, min_lr_ratio=0.1)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,7 @@ log = logging.getLogger(__name__)
 class DiffusionTask(VitlabTask):
     def __init__(self, model_name: str = "dit_fmnist", model_options: dict[str, Any] | None = None,
                  num_classes: int = 10, class_names: list[str] | None = None, label_dropout: float = 0.1,
-                 ema_decay: float = 0.999, lr: float = 1e-3, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.99), warmup_epochs: float = 0.5, min_lr_ratio: float = 0.1,
+                 ema_decay: float = 0.999, optim: OptimConfig = DEFAULT_OPTIM,
                  sample_steps: int = 20, guidance: float = 2.0, sampler: str = "euler", num_preview: int = 8,
                  eval_classifier: str | None = None, eval_samples: int = 1000) -> None:
         """
@@ -40,11 +42,13 @@ class DiffusionTask(VitlabTask):
             model_options: DenoiserCfg fields (img_size, in_chans, patch_size, dim, depth, num_heads, mlp_ratio).
             label_dropout: share of training labels replaced by "no label" (classifier-free guidance).
             ema_decay: EMA of the weights, used for validation, test, sampling and export (the checkpoint holds it).
+            optim: AdamW + warmup-cosine settings (``OptimConfig``); keys left out keep ``DEFAULT_OPTIM``.
             sample_steps / guidance / sampler: sampling defaults (``euler`` or ``heun``), kept in the export.
             eval_classifier: a vitlab Fashion-MNIST (or your data's) classification checkpoint for FID and class
                 consistency in ``test``; eval_samples: how many images ``test`` generates for them.
         """
         super().__init__()
+        optim = OptimConfig.of(optim, DEFAULT_OPTIM).as_dict()  # plain values in the checkpoint
         self.save_hyperparameters()
         if sampler not in ("euler", "heun") or not 0.0 <= label_dropout < 1.0:
             raise VitlabError(f"model.sampler must be euler or heun and label_dropout in [0, 1), got {sampler!r}, "
@@ -76,7 +80,7 @@ class DiffusionTask(VitlabTask):
 
     def _param_groups(self) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad],
-                 "weight_decay": self.hparams.weight_decay}]
+                 "weight_decay": self.optim.weight_decay}]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.model(x, t, y)

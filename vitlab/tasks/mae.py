@@ -20,15 +20,17 @@ import torch
 from vitlab.models.classify import create_backbone
 from vitlab.models.mae import MaskedAutoencoder
 from vitlab.tasks.base import VitlabTask
+from vitlab.tasks.optim import OptimConfig
 from vitlab.tasks.spec import TaskSpec, register_task
+
+DEFAULT_OPTIM = OptimConfig(lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=1.0)  # MAE's
 
 
 class MAETask(VitlabTask):
     def __init__(self, model_name: str = "vitlab_fmnist", model_options: dict[str, Any] | None = None,
                  pretrained: str | bool | None = None, mask_ratio: float = 0.75, decoder_dim: int = 128,
-                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True, lr: float = 1.5e-3,
-                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_epochs: float = 1.0,
-                 min_lr_ratio: float = 0.01, layer_decay: float | None = None, num_preview: int = 8,
+                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True,
+                 optim: OptimConfig = DEFAULT_OPTIM, num_preview: int = 8,
                  num_classes: int | None = None, class_names: list[str] | None = None) -> None:
         """
         Args:
@@ -37,10 +39,12 @@ class MAETask(VitlabTask):
             mask_ratio: share of the patches hidden from the encoder (MAE: 0.75).
             decoder_dim / decoder_depth / decoder_heads: the light decoder of timm blocks.
             norm_pix_loss: predict each patch normalised by its own mean and variance (MAE's better target).
+            optim: AdamW + warmup-cosine settings (``OptimConfig``); keys left out keep ``DEFAULT_OPTIM``.
             num_preview: images in the reconstruction grid written after validation and test.
             num_classes / class_names: linked from the data by the CLI; kept, but labels are not used.
         """
         super().__init__()
+        optim = OptimConfig.of(optim, DEFAULT_OPTIM).as_dict()  # plain values in the checkpoint
         self.save_hyperparameters()
         backbone = create_backbone(model_name, pretrained=pretrained, **(model_options or {}))
         self.model = MaskedAutoencoder(backbone, decoder_dim, decoder_depth, decoder_heads,
