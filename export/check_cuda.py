@@ -6,14 +6,21 @@ ONNX Runtime places small int64 shape arithmetic on the CPU by design, which tha
 strict session is not by itself a defect: the graph is then timed with CPU fallback allowed, and the per-provider
 node counts from ONNX Runtime's own profile split CPU nodes into ``cpu_shape`` (that arithmetic) and
 ``cpu_compute`` (anything else, attention included). Exit status 1 when any graph has a ``cpu_compute`` node or a
-check raised.
-Classifiers: fp32/fp16 graphs with the standard ``Attention`` op and with ``com.microsoft.MultiHeadAttention``,
-against PyTorch eager (SDPA; fp16 under ``torch.autocast``). Detectors (an exported ``.onnx`` or a registered
-variant, exported here): fp32 vs fp16 throughput, and the CUDA detections against the CPU provider's. Diffusion
-denoisers (an exported step): fp32 vs fp16 step and sampling throughput. Needs vitlab + torch (for the export and
-the PyTorch baseline):
+check raised; 2 without a CUDA device (except ``--dry-run``).
 
-    python export/check_cuda.py                       # ViT-S/16 and the demo model at batch 1, 64, 256, 1024
+``--all`` runs every figure of issue 27 in one command, in priority order under a time budget (``--budget-s``; a
+figure past it is recorded as skipped), and prints its estimated plan first: placement and parity of ViT-S's four
+graphs; ONNX Runtime (CUDA provider with host inputs, with I/O binding, with CUDA graphs; TensorRT fp16) against
+PyTorch eager and ``torch.compile`` (fp16 / bf16 autocast, SDPA) for ViT-S and ViT-B at batch 1 / 64 / 256 / 1024;
+the Predictor over JPEG files against the model alone; the 640-px detector and the diffusion step against PyTorch.
+Every sub-check fails soft (its error is a row; the rest go on). ``--json`` gets the document after every row:
+``machine`` (``vitlab_edge.machine``), ``gpu`` (name, driver, CUDA, cuDNN, ONNX Runtime, TensorRT), ``command``,
+``date``, ``plan`` and ``rows``. ``--dry-run`` runs the same plan on the CPU with tiny models (the structure, not
+figures: CUDA and TensorRT fall back to the CPU provider, each in one log line).
+
+    python export/check_cuda.py --all --json gpu.json      # everything; no job starts after --budget-s (480)
+    python export/check_cuda.py --dry-run --json dry.json  # the same plan on the CPU, tiny models (2 min, 2 cores)
+    python export/check_cuda.py                            # ViT-S/16 and the demo model at batch 1, 64, 256, 1024
     python export/check_cuda.py --models vitlab_fmnist --batches 1 8 --detect vitdet_scenes --json out.json
 """
 
@@ -29,256 +36,220 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-CUDA = ["CUDAExecutionProvider"]
+import cuda_timing  # noqa: E402
+from cuda_checks import (  # noqa: E402, F401 - the checks, importable from here (tests/test_gpu.py)
+    _emit,
+    check_classifier,
+    check_detector,
+    check_generator,
+    classifier_graphs,
+    placement,
+)
+from cuda_timing import ORT_VARIANTS, TORCH_VARIANTS  # noqa: E402
 
 
-def _time(fn, seconds: float) -> float:
-    """Median seconds per call over ~``seconds`` of calls, after warm-up."""
-    for _ in range(3):
-        fn()
-    times, t_end = [], time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+class Run:
+    """One ``--all`` / ``--dry-run`` run: device, timing window, batches, deadline, the JSON document and the
+    models exported so far (each once)."""
+
+    def __init__(self, args: argparse.Namespace, out_dir: Path) -> None:
+        from vitlab_edge.machine import machine_info, run_info
+
+        self.dry, self.device = args.dry_run, "cpu" if args.dry_run else "cuda"
+        self.seconds, self.batches, self.out_dir, self.json = args.seconds, args.batches, out_dir, args.json
+        self.deadline = time.perf_counter() + args.budget_s
+        self.doc: dict[str, Any] = {"machine": machine_info(), "gpu": gpu_info(), **run_info(),
+                                    "budget_s": args.budget_s, "dry_run": self.dry, "plan": [], "rows": []}
+        self.rows: list[dict] = self.doc["rows"]
+        self._models: dict[str, Any] = {}
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def emit(self, row: dict) -> None:
+        _emit(self.rows, row, self.save)
+
+    def save(self) -> None:
+        if self.json:
+            Path(self.json).write_text(json.dumps(self.doc, indent=2))
+
+    def classifier(self, name: str) -> tuple[Any, dict[str, Path]]:
+        if name not in self._models:
+            self._models[name] = classifier_graphs(name, self.out_dir)
+        return self._models[name]
+
+    def session(self, path: Path, providers: list[Any], batch: int | None = None):
+        """A session for a timed variant. On the GPU a strict one: the first provider asked for runs, or it raises
+        (no silent fallback under a TensorRT or CUDA-graph label); on a dry run the edge kit's, falling back to
+        the CPU provider with one log line."""
+        import onnxruntime as ort
+        from vitlab_edge.binding import fixed_batch_options
+        from vitlab_edge.providers import expand, provider_name, unavailable
+        from vitlab_edge.session import create_session
+
+        options = fixed_batch_options(batch) if batch else None
+        if self.dry:
+            return create_session(path, providers, options)
+        wanted = expand(providers)
+        why = unavailable(provider_name(wanted[0]), ort.get_available_providers(), os.path.dirname(ort.__file__))
+        if why:
+            raise RuntimeError(why)
+        sess = ort.InferenceSession(str(path), options, providers=wanted, enable_fallback=0)
+        if sess.get_providers()[0] != provider_name(wanted[0]):
+            raise RuntimeError(f"{provider_name(wanted[0])} not granted: {sess.get_providers()}")
+        return sess
 
 
-def cuda_session(path: Path):
-    """A CUDA-only session with CPU fallback disabled: raises if ONNX Runtime would place any node on the CPU,
-    shape arithmetic included."""
-    import onnxruntime as ort
+def gpu_info() -> dict[str, Any]:
+    """The GPU and the software that ran on it: name, compute capability, memory, driver (``nvidia-smi``), CUDA
+    and cuDNN of torch, ONNX Runtime and its providers, TensorRT (or why not)."""
+    import shutil
+    import subprocess
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    sess = ort.InferenceSession(str(path), opts, providers=CUDA)
-    assert sess.get_providers()[0] == CUDA[0], sess.get_providers()
-    return sess
-
-
-def placement(path: Path, feeds: dict) -> dict[str, Any]:
-    """Nodes per provider, read from one profiled run with CPU fallback allowed (so that a failing strict session
-    still says what went to the CPU). CPU nodes are split into ``cpu_shape`` (every output int64 with at most 8
-    values: shape arithmetic such as ``Shape -> Gather -> Concat -> Reshape``, which ONNX Runtime places on the CPU
-    by design, ``GetCpuPreferredNodes``, and which ``disable_cpu_ep_fallback`` then refuses) and ``cpu_compute``
-    (anything else: a node without a CUDA kernel, the real defect)."""
-    import math
-
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(path.with_suffix(""))
-    sess = ort.InferenceSession(str(path), opts, providers=[*CUDA, "CPUExecutionProvider"])
-    sess.run(None, feeds)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    nodes = {e["name"]: e["args"] for e in events if e.get("cat") == "Node" and "provider" in e.get("args", {})}
-    out: dict[str, Any] = {"cuda_nodes": 0, "cpu_shape": {}, "cpu_compute": {}}
-    for args in nodes.values():
-        if args["provider"] == CUDA[0]:
-            out["cuda_nodes"] += 1
-            continue
-        outputs = [(dtype, math.prod(shape)) for o in args.get("output_type_shape", []) for dtype, shape in o.items()]
-        kind = "cpu_shape" if outputs and all(t == "int64" and n <= 8 for t, n in outputs) else "cpu_compute"
-        out[kind][args["op_name"]] = out[kind].get(args["op_name"], 0) + 1
-    return out
-
-
-def open_session(path: Path):
-    """``(session, cuda_only, error)``: the strict CUDA-only session, else (to still time the graph) one that lets
-    ONNX Runtime put what it will on the CPU."""
-    import onnxruntime as ort
-
-    try:
-        return cuda_session(path), True, None
-    except Exception as e:  # noqa: BLE001 - reported with the figures
-        sess = ort.InferenceSession(str(path), providers=[*CUDA, "CPUExecutionProvider"])
-        return sess, False, str(e).splitlines()[0][:200]
-
-
-def _emit(rows: list[dict], row: dict, out: str | None) -> None:
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-    if out:  # rewritten after every row: a run cut short still leaves what it measured
-        Path(out).write_text(json.dumps(rows, indent=2))
-
-
-def check_classifier(name: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
-    import numpy as np
-    import onnx
     import onnxruntime as ort
     import torch
+    from vitlab_edge.providers import TENSORRT, unavailable
 
-    import vitlab
-    from vitlab.onnx.graph import count_fused_attention, export_graph, rewrite_to_ort_mha
-    from vitlab.onnx.precision import to_fp16
-
-    model = vitlab.create_model(name, num_classes=10).eval()
-    fp32 = export_graph(model)
-    graphs = {"fp32/onnx": fp32, "fp32/ort-mha": rewrite_to_ort_mha(fp32)}
-    graphs["fp16/onnx"], graphs["fp16/ort-mha"] = to_fp16(graphs["fp32/onnx"]), to_fp16(graphs["fp32/ort-mha"])
-    cuda = model.cuda()
-    c, h, w = model.preprocess.input_size
-    for key, graph in graphs.items():
-        path = out_dir / f"{name}-{key.replace('/', '-')}.onnx"
-        onnx.save(graph, path)
-        x1 = np.random.default_rng(0).integers(0, 256, (1, c, h, w), dtype=np.uint8)
-        base = {"model": name, "graph": key, "fused_attention": count_fused_attention(graph),
-                "depth": model.backbone.depth, "placement": placement(path, {"images": x1})}
-        sess, base["cuda_only"], base["error"] = open_session(path)
-        for n in batches:
-            x = np.random.default_rng(n).integers(0, 256, (n, c, h, w), dtype=np.uint8)
-            xt = torch.from_numpy(x).cuda()
-            fp16 = key.startswith("fp16")
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-                ref = cuda(xt).float().cpu().numpy()
-            logits = sess.run(["logits"], {"images": x})[0]
-            binding = sess.io_binding()  # inputs and outputs on the GPU, as a serving app would keep them
-            binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-            binding.bind_output("logits", "cuda")
-            t_ort = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
-
-            def eager(xt=xt, fp16=fp16):
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-                    cuda(xt)
-                torch.cuda.synchronize()
-
-            t_torch = _time(eager, seconds)
-            _emit(rows, {**base, "batch": n,
-                         "max_abs_diff_logits": float(np.abs(logits - ref).max()),
-                         "top1_agree_pct": float((logits.argmax(1) == ref.argmax(1)).mean() * 100),
-                         "ort_img_s": round(n / t_ort, 1), "torch_img_s": round(n / t_torch, 1),
-                         "ort_vs_torch": round(t_torch / t_ort, 3)}, out)
-        del sess
+    info: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
+                            "cudnn": torch.backends.cudnn.version(), "onnxruntime": ort.__version__,
+                            "ort_providers": ort.get_available_providers()}
+    info["tensorrt"] = unavailable(TENSORRT, info["ort_providers"], os.path.dirname(ort.__file__)) or "available"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
+                    count=torch.cuda.device_count())
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout
+            info["nvidia_smi"] = [line.strip() for line in out.splitlines() if line.strip()]
+            info["driver"] = info["nvidia_smi"][0].split(",")[1].strip() if info["nvidia_smi"] else None
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return info
 
 
-def detection_graphs(spec: str, out_dir: Path) -> dict[str, Path]:
-    """fp32 and fp16 graphs of a detector: ``spec`` an exported fp32 ``.onnx`` or a registered variant (random
-    weights, exported here with ``score_thresh=0``, so that NMS gets the full top-k of every image: its worst case)."""
+def plan(run: Run, args: argparse.Namespace) -> list[tuple[str, float, Any]]:
+    """``(what, estimated seconds on one H100 / H200, job)`` in priority order: what matters most runs first, so a
+    spent budget skips the least."""
+    s, b, det, gen = args.small, args.base, args.detect_model, args.generate_model
+    eager = [v for v in ORT_VARIANTS if "tensorrt" not in v] + [v for v in TORCH_VARIANTS if "eager" in v]
+    compiled, trt = [v for v in TORCH_VARIANTS if "compile" in v], [v for v in ORT_VARIANTS if "tensorrt" in v]
+
+    def speed(name: str, variants: list[str]):
+        return lambda: cuda_timing.speed_rows(run, name, run.classifier(name)[0], run.classifier(name)[1], variants)
+
+    def predictor():
+        files = cuda_timing.write_jpegs(run.out_dir / "jpegs", args.jpegs, (500, 375) if not run.dry else (64, 48),
+                                        os.cpu_count() or 1)
+        cuda_timing.predictor_rows(run, s, predictor_backends(run, s), files, args.predict_batch, args.workers)
+
+    return [
+        (f"placement + parity, {s}: 4 graphs at batch 1 and {max(run.batches)}", 70,
+         lambda: check_classifier(s, sorted({1, max(run.batches)}), run.out_dir, run.seconds, run.rows, run.save,
+                                  run.device, run.classifier(s))),
+        (f"speed {s}: ONNX Runtime (host I/O, I/O binding, CUDA graphs) + eager", 60, speed(s, eager)),
+        (f"Predictor over {args.jpegs} JPEGs vs model only, {s}", 60, predictor),
+        (f"speed {s}: torch.compile fp16 / bf16", 80, speed(s, compiled)),
+        (f"speed {s}: TensorRT fp16 (engine build)", 70, speed(s, trt)),
+        (f"speed {b}: ONNX Runtime + eager (export first)", 80, speed(b, eager)),
+        (f"detector {det}: fp32 / fp16 vs eager", 60,
+         lambda: check_detector(det, args.detect_batches, run.out_dir, run.seconds, run.rows, run.save, run.device)),
+        (f"diffusion step {gen}: fp32 / fp16 vs eager", 40,
+         lambda: check_generator(gen, args.generate_batches, run.out_dir, run.seconds, run.rows, run.save,
+                                 run.device)),
+        (f"speed {b}: torch.compile fp16 / bf16", 80, speed(b, compiled)),
+        (f"speed {b}: TensorRT fp16 (engine build)", 90, speed(b, trt)),
+    ]
+
+
+def predictor_backends(run: Run, name: str) -> dict[str, Any]:
+    """The Predictor's two backends for ``name``: torch (bf16 autocast on CUDA) and ONNX Runtime (the fp16
+    ``ort-mha`` graph with vitlab metadata, CUDA provider)."""
     import onnx
 
-    from vitlab.onnx.detect import postprocess_nodes
-    from vitlab.onnx.precision import to_fp16
+    from vitlab.inference.backends import OrtBackend, TorchBackend
+    from vitlab.onnx.graph import model_metadata, set_metadata
 
-    if spec.endswith(".onnx"):
-        fp32, name = onnx.load(spec), Path(spec).parent.parent.name or Path(spec).stem
-    else:
-        from vitlab.models.detect import create_detector
-        from vitlab.onnx.detect import DetectionExport
-
-        fp32, name = DetectionExport(create_detector(spec, num_classes=10), {"score_thresh": 0.0}).graph(23), spec
-    paths = {}
-    for prec, graph in {"fp32": fp32, "fp16": to_fp16(fp32, postprocess_nodes(fp32))}.items():
-        paths[prec] = out_dir / f"{name}-{prec}.onnx"
-        onnx.save(graph, paths[prec])
-    return paths
+    model, paths = run.classifier(name)
+    graph = onnx.load(paths["fp16/ort-mha"])
+    set_metadata(graph, model_metadata(model, name, "ort-mha", 23, "fp16", labels=[str(i) for i in range(10)]))
+    path = run.out_dir / f"{name}-served.onnx"
+    onnx.save(graph, path)
+    return {"torch": TorchBackend(model, run.device, autocast=None if run.dry else "bfloat16"),
+            "onnxruntime": OrtBackend(path, providers=["cpu"] if run.dry else ["cuda"])}
 
 
-def check_detector(spec: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-
-    from vitlab.onnx.detect import OUTPUTS, detection_parity
-    from vitlab.onnx.graph import count_fused_attention
-
-    for prec, path in detection_graphs(spec, out_dir).items():
-        graph = onnx.load(path)
-        shape = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[1:]]
-        x1 = np.random.default_rng(0).integers(0, 256, (1, *shape), dtype=np.uint8)
-        base = {"model": spec, "graph": f"detect/{prec}", "fused_attention": count_fused_attention(graph),
-                "nms_nodes": sum(n.op_type == "NonMaxSuppression" for n in graph.graph.node),
-                "placement": placement(path, {"images": x1})}
-        sess, base["cuda_only"], base["error"] = open_session(path)
-        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for n in batches:
-            x = np.random.default_rng(n).integers(0, 256, (n, *shape), dtype=np.uint8)
-            got = dict(zip(OUTPUTS, sess.run(OUTPUTS, {"images": x}), strict=True))
-            ref = dict(zip(OUTPUTS, cpu.run(OUTPUTS, {"images": x[:8]}), strict=True))
-            binding = sess.io_binding()
-            binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-            for k in OUTPUTS:
-                binding.bind_output(k, "cuda")
-            t = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
-            parity = detection_parity(ref, {k: v[:8] for k, v in got.items()})
-            _emit(rows, {**base, "batch": n, "ort_img_s": round(n / t, 1),
-                         "mean_num_dets": float(got["num_dets"].mean()),
-                         "vs_cpu_provider": {k: parity[k] for k in ("matched_detections_pct", "min_matched_iou",
-                                                                    "max_abs_diff_matched_scores") if k in parity}},
-                  out)
-        del sess, cpu
-
-
-def check_generator(spec: str, batches: list[int], out_dir: Path, seconds: float, rows: list, out: str | None):
-    """An exported denoiser step (``vitlab export`` of a DiffusionTask): fp32 and fp16 on CUDA only, step
-    throughput per batch (inputs bound on the GPU), whole-sampling throughput through the edge kit's numpy loop
-    (20 Euler steps, guidance 2), and the CUDA step against the CPU provider's."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from vitlab_edge.metadata import GENERATION_INPUTS
-    from vitlab_edge.sampler import session_step
-    from vitlab_edge.sampling import sample
-
-    from vitlab.onnx.graph import count_fused_attention
-    from vitlab.onnx.precision import to_fp16
-
-    fp32 = onnx.load(spec)
-    shape = [d.dim_value for d in fp32.graph.input[0].type.tensor_type.shape.dim[1:]]
-    for prec, graph in {"fp32": fp32, "fp16": to_fp16(fp32)}.items():
-        path = out_dir / f"generator-{prec}.onnx"
-        onnx.save(graph, path)
-
-        def feeds(n: int, seed: int = 0) -> dict:
-            rng = np.random.default_rng(seed)
-            values = (rng.standard_normal((n, *shape), dtype=np.float32), rng.random(n, dtype=np.float32),
-                      rng.integers(0, 10, n), np.full(n, 2.0, np.float32))
-            return dict(zip(GENERATION_INPUTS, values))
-
-        base = {"model": spec, "graph": f"generate/{prec}", "fused_attention": count_fused_attention(graph),
-                "placement": placement(path, feeds(1))}
-        sess, base["cuda_only"], base["error"] = open_session(path)
-        cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for n in batches:
-            f = feeds(n)
-            diff = float(np.abs(sess.run(["v"], f)[0][:8] - cpu.run(["v"], {k: v[:8] for k, v in f.items()})[0]).max())
-            binding = sess.io_binding()
-            for k, v in f.items():
-                binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
-            binding.bind_output("v", "cuda")
-            t = _time(lambda b=binding, s=sess: s.run_with_iobinding(b), seconds)
-            t0 = time.perf_counter()
-            sample(session_step(sess), np.arange(n) % 10, shape, steps=20, guidance=2.0, seed=0)
-            _emit(rows, {**base, "batch": n, "step_img_s": round(n / t, 1), "max_abs_diff_v_vs_cpu": diff,
-                         "sampling_img_s_20_steps": round(n / (time.perf_counter() - t0), 1)}, out)
-        del sess, cpu
+def run_all(args: argparse.Namespace, tmp: Path) -> int:
+    run = Run(args, tmp)
+    jobs = plan(run, args)
+    run.doc["plan"] = [{"job": what, "estimate_s": est} for what, est, _ in jobs]
+    total = sum(est for _, est, _ in jobs)
+    print(f"check_cuda: plan ({'dry run on the CPU; ' if run.dry else ''}estimates for one H100 / H200, "
+          f"{total:.0f} s in all; budget {args.budget_s:.0f} s, a job past it is skipped):", flush=True)
+    for what, est, _ in jobs:
+        print(f"  ~{est:4.0f} s  {what}", flush=True)
+    failed = 0
+    for k, (what, est, job) in enumerate(jobs):
+        if k and run.left() < est / 2:  # a job that cannot get half its estimate would only be cut short
+            run.emit({"check": "job", "job": what, "skipped": f"time budget: {max(0, run.left()):.0f} s left"})
+            continue
+        t = time.perf_counter()
+        try:
+            job()
+            run.emit({"check": "job", "job": what, "seconds": round(time.perf_counter() - t, 1)})
+        except Exception:  # noqa: BLE001 - one job's failure must not hide the others' figures
+            failed += 1
+            traceback.print_exc()
+            run.emit({"check": "job", "job": what, "seconds": round(time.perf_counter() - t, 1),
+                      "error": traceback.format_exc(limit=3)[-800:]})
+    for row in cuda_timing.summaries(run.rows):
+        run.emit(row)
+    failed += sum(bool(r.get("placement", {}).get("cpu_compute")) for r in run.rows)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--all", action="store_true", help="every figure of issue 27, in one run (see above)")
+    ap.add_argument("--dry-run", action="store_true", help="--all on the CPU with tiny models: the JSON's structure")
+    ap.add_argument("--budget-s", type=float, default=480, help="--all: wall-clock budget; later jobs are skipped")
     ap.add_argument("--models", nargs="*", default=["vit_small_patch16_224", "vitlab_fmnist"],
                     help="classifiers (registered names), exported here with random weights")
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 64, 256, 1024])
+    ap.add_argument("--batches", nargs="+", type=int, default=None, help="default 1 64 256 1024 (dry run: 1 2)")
     ap.add_argument("--detect", nargs="*", default=[], help="detectors: exported fp32 .onnx files or registered names")
-    ap.add_argument("--detect-batches", nargs="+", type=int, default=[1, 64])
-    ap.add_argument("--generate", nargs="*", default=[], help="exported diffusion denoisers (.onnx)")
-    ap.add_argument("--generate-batches", nargs="+", type=int, default=[1, 64, 256])
-    ap.add_argument("--seconds", type=float, default=1.5, help="timing window per figure")
+    ap.add_argument("--detect-batches", nargs="+", type=int, default=None, help="default 1 64 (dry run: 1)")
+    ap.add_argument("--generate", nargs="*", default=[], help="diffusion denoisers: exported .onnx or registered names")
+    ap.add_argument("--generate-batches", nargs="+", type=int, default=None, help="default 1 64 256 (dry run: 1)")
+    ap.add_argument("--seconds", type=float, default=None, help="timing window per figure (default 1.5; --all "
+                    "0.5; dry run 0.01)")
     ap.add_argument("--json", default=None, help="also write the rows here (after each row)")
     args = ap.parse_args(argv)
+    dry, args.all = args.dry_run, args.all or args.dry_run
+    args.batches = args.batches or ([1, 2] if dry else [1, 64, 256, 1024])
+    args.detect_batches = args.detect_batches or ([1] if dry else [1, 64])
+    args.generate_batches = args.generate_batches or ([1] if dry else [1, 64, 256])
+    args.seconds = args.seconds if args.seconds is not None else (0.01 if dry else 0.5 if args.all else 1.5)
+    args.small, args.base = ("vitlab_tiny", "vitlab_tiny") if dry else ("vit_small_patch16_224", "vit_base_patch16_224")
+    args.detect_model, args.generate_model = ("vitdet_scenes", "dit_fmnist_tiny") if dry else \
+        ("vitdet_small_640", "dit_fmnist")
+    args.jpegs, args.predict_batch, args.workers = (16, 8, 0) if dry else (4096, 256, None)
     import torch
 
-    if not torch.cuda.is_available():
-        print("check_cuda: no CUDA device; nothing to check", file=sys.stderr)
+    if not dry and not torch.cuda.is_available():
+        print("check_cuda: no CUDA device; nothing to check (--dry-run runs the plan on the CPU)", file=sys.stderr)
         return 2
     import onnxruntime as ort
 
-    print(json.dumps({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "onnxruntime": ort.__version__,
-                      "providers": ort.get_available_providers()}), flush=True)
-    rows: list[dict] = []
-    failed = 0
+    print(json.dumps({"gpu": torch.cuda.get_device_name(0) if not dry else None, "torch": torch.__version__,
+                      "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.all:
+            return run_all(args, Path(tmp))
+        rows: list[dict] = []
+        failed = 0
         jobs = [(check_classifier, m, args.batches) for m in args.models]
         jobs += [(check_detector, d, args.detect_batches) for d in args.detect]
         jobs += [(check_generator, g, args.generate_batches) for g in args.generate]

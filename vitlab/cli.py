@@ -212,7 +212,7 @@ def predict_command(argv: list[str]) -> None:
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: spare cores, max 4)")
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--device", default=None, help="torch device for checkpoints (default: cuda if available)")
-    ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+    ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu")
     ap.add_argument("--threads", type=int, default=None, help="the model's CPU threads (default: one per core, "
                     "or cores minus --workers where a trial on the first batches measures that faster)")
     ap.add_argument("--overlays", default=None, help="folder for one PNG per image: input + label, or boxes")
@@ -285,7 +285,7 @@ def sample_command(argv: list[str]) -> None:
     ap.add_argument("--out", required=True, help="output folder")
     add_sample_arguments(ap)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+    ap.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu")
     ap.add_argument("--evaluate", action="store_true", help="FID (and its real-vs-real floor) against the "
                     "Fashion-MNIST test set, and class consistency, with --eval-classifier's features")
     ap.add_argument("--eval-classifier", default=None, help="a vitlab classification checkpoint (default: the "

@@ -44,14 +44,14 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--annotations", default=None, help="with --format coco: the ground-truth COCO JSON")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--topk", type=int, default=5)
-    pred.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
+    pred.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu")
     pred.add_argument("--resume", action="store_true", help="continue an interrupted run: skip the inputs answered "
                       "in --out or in its journal (.OUT.partial.jsonl), predict the rest")
     smp = sub.add_parser("sample", help="sample a generation model: one PNG grid, a row per class or per --labels")
     smp.add_argument("model")
     smp.add_argument("--out", required=True, help="a .png file (written atomically)")
     add_sample_arguments(smp)
-    smp.add_argument("--providers", default=None, help="comma-separated, e.g. CPUExecutionProvider")
+    smp.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu")
     info = sub.add_parser("info", help="print the model's metadata and the providers granted")
     info.add_argument("model")
     return ap

@@ -5,12 +5,14 @@ returns (its ``TaskSpec.outputs``: classification ``probs``; detection ``boxes``
 ``num_dets`` from the model's one ``postprocess`` with the checkpoint's thresholds; embedding ``embedding``);
 ``OrtBackend`` runs an exported ONNX model through the edge kit's session (CUDA when granted, else CPU). Both read
 the same PreprocessCfg, so the Predictor prepares pixels identically for either, and the edge kit's record decoder
-(``vitlab_edge.records``) reads both.
+(``vitlab_edge.records``) reads both. On a GPU both also take the Predictor's pipelined path
+(``vitlab.inference.gpu``): ``stage`` (pinned memory, asynchronous copy) and ``run_staged``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,27 +73,63 @@ def inference_model(trained, task: str | None = None, what: str = "the model") -
 
 class TorchBackend:
     """A task's model (classifier, detector) on ``device`` (default: CUDA when available, else CPU), fp32, no
-    autograd; ``options``: its post-processing options (``task_options``)."""
+    autograd; ``options``: its post-processing options (``task_options``). ``autocast``: ``"float16"`` or
+    ``"bfloat16"`` runs the model under ``torch.autocast`` (CUDA only; outputs come back as float32)."""
 
     def __init__(self, model, device: str | None = None, options: dict[str, Any] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, autocast: str | None = None) -> None:
         import torch
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if autocast not in (None, "float16", "bfloat16"):
+            raise VitlabError(f"autocast must be float16 or bfloat16, got {autocast!r}")
+        if autocast is not None and self.device.type != "cuda":
+            raise VitlabError(f"autocast={autocast} is for CUDA devices; this model runs on {self.device}")
         self.model = model.eval().to(self.device)
         self.preprocess = model.preprocess
         self.options = dict(options or {})
         self.threads = check_threads(threads)
+        self.autocast = autocast
         _outputs_of(model)
-        self.name = f"torch[{self.device}]"
+        self.name = f"torch[{self.device}{', ' + autocast if autocast else ''}]"
+        self._stager = self._stream = None
 
     @property
     def on_cpu(self) -> bool:
         return self.device.type == "cpu"
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def with_threads(self, threads: int) -> TorchBackend:
         """The same model (shared, not copied) run with ``threads`` intra-op threads."""
-        return TorchBackend(self.model, str(self.device), self.options, threads)
+        return TorchBackend(self.model, str(self.device), self.options, threads, self.autocast)
+
+    def stage(self, images: np.ndarray):
+        """The batch copied toward the GPU through pinned memory, asynchronously (``gpu.PinnedStager``)."""
+        from vitlab.inference.gpu import PinnedStager
+
+        if self._stager is None:
+            self._stager = PinnedStager(self.device)
+        return self._stager.stage(images)
+
+    def run_staged(self, staged) -> tuple[dict[str, np.ndarray], float]:
+        """The outputs of a staged batch and the model's device seconds (CUDA events around it on its own stream,
+        which waits for the batch's copy only)."""
+        import torch
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(staged.ready)
+            staged.images.record_stream(self._stream)
+            start.record(self._stream)
+            out = model_outputs(self.model, staged.images, self.options, self.autocast, to_host=False)
+            end.record(self._stream)
+            host = {k: v.cpu().numpy() for k, v in out.items()}
+        return host, start.elapsed_time(end) / 1000
 
     @classmethod
     def from_task(cls, trained, device: str | None = None, threads: int | None = None, task: str | None = None,
@@ -102,7 +140,7 @@ class TorchBackend:
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch_threads(self.threads):
-            return torch_outputs(self.model, batch, self.device, self.options)
+            return torch_outputs(self.model, batch, self.device, self.options, self.autocast)
 
     def attention_maps(self, batch: np.ndarray) -> np.ndarray:
         """Attention rollout per image, ``[N, h, w]`` in 0..1 (see ``vitlab.inference.explain``)."""
@@ -112,16 +150,26 @@ class TorchBackend:
             return attention_rollout(self.model, batch, self.device)
 
 
-def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def torch_outputs(model, batch: np.ndarray, device, options: dict[str, Any] | None = None,
+                  autocast: str | None = None) -> dict[str, np.ndarray]:
     """``uint8 [N, C, H, W]`` numpy -> the named outputs of ``model`` on ``device`` as numpy (floats as float32,
     integers kept int64), as its task's ONNX graph gives them."""
     import torch
 
+    return model_outputs(model, torch.from_numpy(batch).to(device, non_blocking=True), options, autocast)
+
+
+def model_outputs(model, x, options: dict[str, Any] | None = None, autocast: str | None = None,
+                  to_host: bool = True) -> dict[str, Any]:
+    """The task's named outputs of ``model`` for the uint8 tensor ``x`` (on the model's device), floats as float32;
+    ``autocast``: a dtype name for ``torch.autocast`` on CUDA; ``to_host``: as numpy (else tensors where they are)."""
+    import torch
+
     run = _outputs_of(model)
-    with torch.inference_mode():
-        x = torch.from_numpy(batch).to(device, non_blocking=True)
-        out = run(model, x, **(options or {}))
-        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in out.items()}
+    dtype = getattr(torch, autocast) if autocast else None
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        out = {k: (v.float() if v.is_floating_point() else v) for k, v in run(model, x, **(options or {})).items()}
+        return {k: v.cpu().numpy() for k, v in out.items()} if to_host else out
 
 
 class OrtBackend:
@@ -153,9 +201,17 @@ class OrtBackend:
         self.name = f"onnxruntime[{self.edge.providers[0]}]"
         self._outputs = list(self.edge.decoder.outputs)
 
+        self._stager = self._runner = None
+
     @property
     def on_cpu(self) -> bool:
         return self.edge.providers[0] == "CPUExecutionProvider"
+
+    @property
+    def on_gpu(self) -> bool:
+        from vitlab_edge.providers import GPU_PROVIDERS
+
+        return self.edge.providers[0] in GPU_PROVIDERS
 
     def with_threads(self, threads: int) -> OrtBackend:
         """A second session of the same file with ``threads`` intra-op threads (a session's count is fixed)."""
@@ -163,6 +219,40 @@ class OrtBackend:
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.edge.run(np.ascontiguousarray(batch), self._outputs)  # what the records need only
+
+    def stage(self, images: np.ndarray):
+        """The batch on its way to the GPU: through pinned memory and torch's copy stream when torch has CUDA, else
+        left on the host for the I/O binding's own copy."""
+        import torch
+
+        from vitlab.inference.gpu import PinnedStager, Staged
+
+        if not torch.cuda.is_available():
+            return Staged(np.ascontiguousarray(images), len(images))
+        if self._stager is None:
+            from vitlab_edge.binding import session_device
+
+            self._stager = PinnedStager(f"cuda:{session_device(self.edge.session)[1]}")
+        return self._stager.stage(images)
+
+    def run_staged(self, staged) -> tuple[dict[str, np.ndarray], float]:
+        """The outputs of a staged batch (inputs bound on the GPU by I/O binding) and the seconds of the run, which
+        returns when the GPU is done."""
+        from vitlab_edge.binding import BoundRunner
+
+        if self._runner is None:
+            self._runner = BoundRunner(self.edge.session, self._outputs)
+        runner = self._runner
+        if staged.ready is None:
+            runner.put(staged.images)
+        else:  # a CUDA tensor: bound where it is, once its copy is done
+            staged.ready.synchronize()
+            runner.bind_pointer(self.edge.metadata["inputs"][0], tuple(staged.images.shape),
+                                staged.images.data_ptr())
+        t = time.perf_counter()
+        runner.run()
+        seconds = time.perf_counter() - t
+        return runner.host_outputs(), seconds
 
 
 def load_backend(path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,

@@ -6,14 +6,16 @@
         ...
 
 Decoding and resizing run in DataLoader workers, overlapped with inference; each batch holds what decoded
-successfully and every bad input gets one result with ``error`` set, in input order.
+successfully and every bad input gets one result with ``error`` set, in input order. On a GPU the model also runs
+one batch ahead, fed through pinned memory (``vitlab.inference.gpu``); ``predictor.throughput`` reports images/s
+and the model's busy share of every stream.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from vitlab_edge.progress import Progress
 
 from vitlab.errors import VitlabError
 from vitlab.inference.backends import Backend, load_backend
+from vitlab.inference.gpu import Throughput, pipelined
 from vitlab.inference.io import DEFAULT_MAX_PIXELS, ImageReadError
 from vitlab.inference.results import DetectionPrediction, EmbeddingPrediction, Prediction
 from vitlab.inference.threads import ThreadTrial, cpu_cores
@@ -57,8 +60,8 @@ class DecodeDataset:
     CPU seconds (the worker thread's own, without the time other processes held its core) feed the thread trial."""
 
     def __init__(self, items: list[Any], preprocess: PreprocessCfg,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, indices: Sequence[int] | None = None) -> None:
+        self.items, self.preprocess, self.max_pixels, self.indices = items, preprocess, max_pixels, indices
         self.draft = draft_request(preprocess.image_size, preprocess.resize, preprocess.crop_pct)
 
     def __len__(self) -> int:
@@ -68,7 +71,8 @@ class DecodeDataset:
                                            tuple[int, int] | None, float]:
         t, cpu = time.perf_counter(), time.thread_time()
         item, chw, hw, error = self.items[i], None, None, None
-        source = describe_input(item, i)
+        index = i if self.indices is None else int(self.indices[i])
+        source = describe_input(item, index)
         try:
             hwc = to_hwc_uint8(item, self.max_pixels, self.draft)
             chw, hw = self.preprocess.prepare(hwc), (int(hwc.shape[0]), int(hwc.shape[1]))
@@ -76,7 +80,7 @@ class DecodeDataset:
             error = e.reason
         except Exception as e:  # noqa: BLE001 - never stop the batch: anything unexpected becomes that input's error
             error = f"{type(e).__name__}: {e}"
-        return i, source, chw, error, time.perf_counter() - t, hw, time.thread_time() - cpu
+        return index, source, chw, error, time.perf_counter() - t, hw, time.thread_time() - cpu
 
 
 def collate_decoded(samples: list) -> dict[str, Any]:
@@ -95,14 +99,27 @@ def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[
     """One result per sample of a decoded batch: ``infer`` (uint8 ``[M, C, H, W]`` -> the task's named outputs, see
     ``Backend``) runs, timed, on the good samples only, and each gets its row in order, decoded by the edge kit's
     record decoder of ``preprocess.task`` into that task's result type (``TaskSpec.result``)."""
-    from vitlab_edge.records import RowContext, decoder_for
+    return batch_records(batch, *run_batch(batch, infer), preprocess, topk)
+
+
+def run_batch(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[str, np.ndarray]]
+              ) -> tuple[dict[str, np.ndarray] | None, float]:
+    """``(outputs, seconds)`` of ``infer`` on the batch's good samples; ``(None, 0.0)`` when there are none."""
+    if batch["image"] is None:
+        return None, 0.0
+    t = time.perf_counter()
+    outputs = infer(batch["image"])
+    return outputs, time.perf_counter() - t
+
+
+def batch_records(batch: dict[str, Any], outputs: dict[str, np.ndarray] | None, infer_s: float,
+                  preprocess: PreprocessCfg, topk: int) -> list[Result]:
+    """The results of a decoded batch from the model's ``outputs`` on its good samples (see ``batch_predictions``);
+    ``infer_s``: the model's seconds for the batch (``infer_ms`` is its share per image)."""
+    from vitlab_edge.records import RowContext
+    from vitlab_edge.tasks import decoder_for
 
     decoder, result = decoder_for(preprocess.task), get_task(preprocess.task).load("result")
-    outputs, infer_s = None, 0.0
-    if batch["image"] is not None:
-        t = time.perf_counter()
-        outputs = infer(batch["image"])
-        infer_s = time.perf_counter() - t
     out, row = [], 0
     infer_ms = round(infer_s * 1000 / max(1, sum(batch["ok"])), 3)
     labels = list(preprocess.labels)
@@ -120,15 +137,15 @@ def batch_predictions(batch: dict[str, Any], infer: Callable[[np.ndarray], dict[
 
 
 def decode_loader(items: list[Any], preprocess: PreprocessCfg, batch_size: int, num_workers: int | None = None,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, gpu: bool = False, indices: Sequence[int] | None = None):
     """A DataLoader of decoded batches (see ``collate_decoded``); decoding runs in ``num_workers`` processes
-    (default: one per spare core, at most 4)."""
+    (default ``default_workers(gpu)``: one per spare core, at most 4; at most 16 for a model on a GPU)."""
     from torch.utils.data import DataLoader
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = default_workers() if num_workers is None else num_workers
-    return DataLoader(DecodeDataset(items, preprocess, max_pixels), batch_size=batch_size, num_workers=workers,
+    workers = default_workers(gpu) if num_workers is None else num_workers
+    return DataLoader(DecodeDataset(items, preprocess, max_pixels, indices), batch_size=batch_size, num_workers=workers,
                       collate_fn=collate_decoded, prefetch_factor=2 if workers else None, persistent_workers=False)
 
 
@@ -138,6 +155,7 @@ class Predictor:
     def __init__(self, backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.backend, self.max_pixels = backend, max_pixels
         self.thread_trial: dict[str, Any] | None = None  # what the last stream's thread trial saw and kept
+        self.throughput: dict[str, Any] | None = None  # the last stream's images/s and busy share (gpu.Throughput)
         if get_task(self.task).result is None:
             raise VitlabError(f"no batch inference for {self.task} models")
 
@@ -199,13 +217,18 @@ class Predictor:
 
     def stream(self, source: Any, batch_size: int = 32, num_workers: int | None = None, topk: int = 5,
                overlays: str | os.PathLike | None = None, explain: bool = False,
-               progress: bool | None = False) -> Iterator[Result]:
+               progress: bool | None = False, indices: Sequence[int] | None = None) -> Iterator[Result]:
         """Predictions one by one in input order; decoding runs ahead in ``num_workers`` processes (default: one
-        per spare core, at most 4), holding at most a few batches. ``overlays``: a folder for one PNG per image
+        per spare core, at most 4; 16 for a model on a GPU), holding at most a few batches. On a GPU (a torch
+        backend on CUDA, ONNX Runtime on CUDA or TensorRT) the model runs one batch ahead, fed through pinned
+        memory (``vitlab.inference.gpu``; not with ``explain``). ``throughput`` tells the last stream's images/s
+        and the model's busy share (any device). ``overlays``: a folder for one PNG per image
         (the model's input with its label, or its boxes of score >= 0.3 for a detector; with ``explain``, the
         attention rollout over it, for classifiers). ``progress=True``:
         a progress bar (count, rate, ETA) on stderr when it is a terminal, else one summary line at the end;
-        ``None``: the bar on a terminal only (what ``vitlab predict`` uses)."""
+        ``None``: the bar on a terminal only (what ``vitlab predict`` uses). ``indices``: the ``index`` each input's
+        result (and overlay file name) carries, default 0, 1, ...: a resumed run numbers its inputs as the whole
+        run does."""
         from vitlab_edge.sources import as_inputs
 
         if explain and not hasattr(self.backend, "attention_maps"):
@@ -219,11 +242,20 @@ class Predictor:
         if explain and not get_task(self.task).explain:
             raise VitlabError(f"explain (attention rollout) is for classification models, not "
                               f"{self.task}; use --overlays alone")
-        loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels)
-        trial, self.thread_trial = self._thread_trial(loader.num_workers, len(loader)), None
+        gpu = bool(getattr(self.backend, "on_gpu", False)) and hasattr(self.backend, "run_staged") and not explain
+        loader = decode_loader(as_inputs(source), self.preprocess, batch_size, num_workers, self.max_pixels, gpu,
+                               indices)
+        trial = None if gpu else self._thread_trial(loader.num_workers, len(loader))
+        self.thread_trial = self.throughput = None
+        meter = Throughput(getattr(self.backend, "name", type(self.backend).__name__), gpu)
+        batches = pipelined(loader, self.backend) if gpu else ((b, None) for b in loader)
         with Progress(len(loader.dataset), "predict", progress=progress) as bar:
-            for batch in loader:
-                preds = self._run(batch, topk, out, explain, trial.backend() if trial else self.backend)
+            for batch, ran in batches:
+                backend = trial.backend() if trial else self.backend
+                ran = ran or run_batch(batch, backend)
+                preds = self._run(batch, topk, out, explain, backend, ran)
+                meter.add(len(preds), ran[1])
+                self.throughput = meter.report()
                 bar.update(len(preds))
                 yield from preds
                 if trial and not trial.decided:
@@ -247,8 +279,8 @@ class Predictor:
         return ThreadTrial(self.backend, lambda: self.backend.with_threads(fewer), workers)
 
     def _run(self, batch: dict[str, Any], topk: int, overlays: Path | None, explain: bool,
-             backend: Backend) -> list[Result]:
-        preds = batch_predictions(batch, backend, self.preprocess, topk)
+             backend: Backend, ran: tuple[dict[str, np.ndarray] | None, float]) -> list[Result]:
+        preds = batch_records(batch, *ran, self.preprocess, topk)
         if overlays is not None and batch["image"] is not None:
             maps = backend.attention_maps(batch["image"]) if explain else None
             good = [(p, hw) for p, hw in zip(preds, batch["orig_hw"]) if p.error is None]
@@ -260,5 +292,7 @@ class Predictor:
         return preds
 
 
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def default_workers(gpu: bool = False) -> int:
+    """Decode workers: one per core but one, at most 4 beside a model on the CPU (its threads need the rest), at
+    most 16 beside a model on a GPU (decoding is then what sets the pace)."""
+    return max(0, min(16 if gpu else 4, (os.cpu_count() or 1) - 1))
