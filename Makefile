@@ -32,9 +32,13 @@ data-required: $(VENV)/.installed data
 
 # the JavaScript client (export/js): its npm packages and the web page's vendored copies; Debian's chromium for the
 # browser tests (tests/test_js_client.py). Under `make test` a missing node or chromium fails those tests.
-js: export/js/node_modules/.installed
+js: export/js/node_modules/.installed export/web/vendor/.vendored
 export/js/node_modules/.installed: export/js/package.json export/js/package-lock.json
-	cd export/js && npm ci --no-audit --no-fund && npm run vendor
+	cd export/js && npm ci --no-audit --no-fund
+	touch $@
+# the page's copies of the client and of onnxruntime-web: refreshed whenever the client's sources change
+export/web/vendor/.vendored: export/js/node_modules/.installed $(wildcard export/js/src/*.js) export/js/scripts/vendor-web.js
+	cd export/js && npm run vendor
 	touch $@
 
 browser:

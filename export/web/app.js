@@ -3,7 +3,7 @@
 // the Python kit. Nothing leaves the page. window.vitlabPage is the same flow for scripts (the tests use it).
 
 import * as ort from "./vendor/ort/ort.webgpu.min.mjs";
-import {ExportedModel, gaussianNoise} from "./vendor/vitlab-edge-js/index.js";
+import {applyOrientation, ExportedModel, gaussianNoise, isWebp, withoutWebpExif} from "./vendor/vitlab-edge-js/index.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -101,7 +101,12 @@ async function sampleImages(labels, {noise = null, seed = 0, steps = null, guida
 
 // --- rendering ---------------------------------------------------------------------------------------------------
 async function imageCanvas(bytes, maxSide = 420) {
-  const bmp = await createImageBitmap(new Blob([bytes]), {imageOrientation: "from-image"});
+  let bmp = await createImageBitmap(new Blob([bytes]), {imageOrientation: "from-image"});
+  if (isWebp(bytes) && withoutWebpExif(bytes).orientation > 1) { // shown as the model saw it (see decode.js)
+    const {bytes: plain, orientation} = withoutWebpExif(bytes);
+    const px = applyOrientation(await platform.fallback(plain), orientation);
+    bmp = await createImageBitmap(new ImageData(new Uint8ClampedArray(px.data.buffer, px.data.byteOffset, px.data.length), px.width, px.height));
+  }
   const s = Math.min(1, maxSide / Math.max(bmp.width, bmp.height)), canvas = document.createElement("canvas");
   canvas.width = Math.round(bmp.width * s);
   canvas.height = Math.round(bmp.height * s);

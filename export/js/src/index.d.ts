@@ -20,10 +20,14 @@ export class ExportedModel {
   readonly metadata: VitlabMetadata; readonly providers: string[]; readonly labels: string[];
   readonly inputSize: [number, number, number]; readonly task: string; release(): Promise<void>;
 }
+/** An input: file bytes, a lazy read() (Node's fileInputs; a thrown Error's `reason` becomes the record's error) or pixels. */
+export interface Input { source?: string; bytes?: Uint8Array; read?: () => Uint8Array | Promise<Uint8Array>; pixels?: Pixels }
 export class EdgeModel extends ExportedModel {
   prepare(image: Uint8Array | Pixels): Promise<{ input: Uint8Array; srcHW: [number, number] }>;
   run(batch: Uint8Array, n: number, outputs?: string[]): Promise<Record<string, { data: ArrayLike<number | bigint>; dims: number[] }>>;
-  predict(inputs: Array<{ source?: string; bytes?: Uint8Array; pixels?: Pixels }>, opts?: { batchSize?: number; topk?: number }): Promise<EdgeRecord[]>;
+  predict(inputs: Input[], opts?: { batchSize?: number; topk?: number; onRecord?: (r: EdgeRecord) => void }): Promise<EdgeRecord[]>;
+  /** predict() one batch at a time. */
+  stream(inputs: Input[], opts?: { batchSize?: number; topk?: number }): AsyncGenerator<EdgeRecord>;
 }
 export class Sampler extends ExportedModel {
   readonly numClasses: number;
@@ -34,5 +38,26 @@ export function readMetadata(onnxBytes: Uint8Array, source?: string): VitlabMeta
 export function preprocess(img: Pixels, meta: VitlabMetadata): Uint8Array;
 export function decodeJpeg(bytes: Uint8Array, scale?: 1 | 2 | 4 | 8): Pixels & { orientation: number };
 export function gaussianNoise(count: number, seed?: number): Float32Array;
+/** Python's json.dumps text of a record (", " / ": ", ASCII, floats as repr under FLOAT_KEYS): vitlab_edge's bytes. */
+export function pyDumps(value: unknown, float?: boolean): string;
+export function jsonLine(record: object): string;
+/** vitlab_edge.files.write_csv's text and read_records' parse of it. */
+export function csvText(records: Iterable<object>, fields: string[]): string;
+export function csvRecords(text: string): Array<Record<string, unknown>>;
+/** COCO results JSON text (vitlab_edge.files.write_coco) from detection records and the ground-truth document. */
+export function cocoResultsText(records: Iterable<DetectionRecord>, annotations: object, labels: string[], name: string): { text: string; count: number };
 // Node only (src/node.js)
-export function openModel(file: string, opts?: { executionProviders?: string[]; sessionOptions?: object }): Promise<EdgeModel | Sampler>;
+export function openModel(file: string, opts?: { executionProviders?: string[]; sessionOptions?: object;
+  fallback?: (b: Uint8Array) => Promise<Pixels> }): Promise<EdgeModel | Sampler>;
+/** vitlab_edge.sources.expand_inputs (folders, .txt/.lst lists, files; the same path strings) and lazy file inputs. */
+export function expandInputs(args: string[]): string[];
+export function fileInputs(files: string[]): Input[];
+export const IMAGE_EXTENSIONS: string[];
+/** vitlab_edge.journal.ResumableRun: the same journal files, so either CLI resumes the other's run. */
+export class ResumableRun {
+  constructor(out: string, keys: string[], resume: boolean, earlier?: ((out: string) => object[]) | null);
+  readonly todo: number[]; readonly earlier: number; readonly errors: number;
+  record(records: AsyncIterable<EdgeRecord>, stop?: () => boolean): Promise<number>;
+  lines(): Generator<string>; merged(): Generator<EdgeRecord>; writeJsonl(): number; finish(): void; stopped(): string | null;
+}
+export function readRecords(file: string): object[];

@@ -2,10 +2,11 @@
 // `ort`): open a vitlab ONNX file, read its metadata, turn images into its uint8 input exactly as the Python kit
 // does, run it and decode the outputs into vitlab_edge's records.
 
-import {decodeImage} from "./decode.js";
+import {decodeImage, UnidentifiedImageError} from "./decode.js";
 import {preprocess} from "./imaging.js";
 import {GENERATION_INPUTS, ModelFormatError, readMetadata} from "./metadata.js";
 import {decoderFor} from "./records.js";
+import {pyRepr} from "./pyjson.js";
 import {gaussianNoise, sample} from "./sampling.js";
 
 /** A vitlab ONNX file opened with onnxruntime: `session`, the validated `metadata`, `providers` (what ran). */
@@ -80,23 +81,35 @@ export class EdgeModel extends ExportedModel {
 
   /**
    * One record per input, in order: {index, source, <the task's fields>, error}. `inputs`: items
-   * {source, bytes} (a file) or {source, pixels} (decoded pixels); an unreadable one gets `error`, the batch goes on.
+   * {source, bytes} (a file), {source, read} (read() gives the bytes, or throws an Error whose `reason` is the
+   * record's error) or {source, pixels} (decoded pixels); an unreadable one gets `error`, the batch goes on.
    */
   async predict(inputs, {batchSize = 32, topk = 5, onRecord = null} = {}) {
     const records = [];
+    for await (const rec of this.stream(inputs, {batchSize, topk})) {
+      records.push(rec);
+      if (onRecord) onRecord(rec);
+    }
+    return records;
+  }
+
+  /** predict() as an async generator: a batch is read, decoded and run, then its records are yielded. */
+  async* stream(inputs, {batchSize = 32, topk = 5} = {}) {
+    if (!(batchSize >= 1)) throw new Error(`batchSize must be >= 1, got ${batchSize}`);
     for (let start = 0; start < inputs.length; start += batchSize) {
-      const chunk = inputs.slice(start, start + batchSize), ready = [], arrays = [], sizes = [];
+      const chunk = inputs.slice(start, start + batchSize), records = [], ready = [], arrays = [], sizes = [];
       for (const [j, item] of chunk.entries()) {
         const rec = {index: start + j, source: item.source ?? `<input ${start + j}>`, ...this.decoder.empty(), error: null};
         try {
-          const data = item.bytes ?? item.pixels;
+          const data = item.bytes ?? item.pixels ?? (item.read ? await item.read() : null);
           if (data == null) throw new Error("an input needs bytes or pixels");
           const {input, srcHW} = await this.prepare(data);
           arrays.push(input);
           sizes.push(srcHW);
           ready.push(rec);
         } catch (e) {
-          rec.error = item.readError ?? `${e.name === "Error" ? "" : `${e.name}: `}${e.message}`;
+          rec.error = item.readError ?? e.reason ?? (e instanceof UnidentifiedImageError // as Pillow says it
+            ? `${e.name}: ${e.message} ${pyRepr(rec.source)}` : `${e.name === "Error" ? "" : `${e.name}: `}${e.message}`);
         }
         records.push(rec);
       }
@@ -108,9 +121,8 @@ export class EdgeModel extends ExportedModel {
         ready.forEach((rec, i) => Object.assign(rec, this.decoder.decode(outputs, i,
           {labels: this.labels, topk, srcHW: sizes[i], inputHW})));
       }
-      if (onRecord) records.slice(start).forEach(onRecord);
+      yield* records;
     }
-    return records;
   }
 }
 
