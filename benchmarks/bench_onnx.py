@@ -12,7 +12,8 @@ static int8 variant calibrated on 512 training images, as ``vitlab export --cali
 fp32 graph beside the bare ``InferenceSession.run`` (``ort_fp32``): the edge kit's own cost. ``--session-options``:
 the fp32 graph of the first model under ONNX Runtime session settings (spinning off, basic / extended graph
 optimisation, denormals as zero, one thread), interleaved against the defaults. ``--int8-variants``: dynamic int8
-with weights per tensor and with 8-bit weights (``reduce_range=False``) beside the default (per channel, 7 bits). ``--attention-4d``:
+with weights per tensor and with 8-bit weights (``reduce_range=False``) beside the default (per channel, 7 bits).
+``--attention-4d``:
 fp32 and int8 graphs whose attention keeps the exporter's 4-D head layout (vitlab's export before
 ``attention_to_3d``) beside the default 3-D ones. ``--backends``: only the named ONNX Runtime backends beside eager
 (a focused comparison with more rounds). Besides the ratio of medians, every backend gets the median, min and max of

@@ -48,6 +48,7 @@ from cuda_checks import (  # noqa: E402, F401 - the checks, importable from here
     placement,
 )
 from cuda_timing import ORT_VARIANTS, TORCH_VARIANTS  # noqa: E402
+from vitlab_edge.files import atomic_write  # noqa: E402
 
 
 class Run:
@@ -73,7 +74,7 @@ class Run:
 
     def save(self) -> None:
         if self.json:
-            Path(self.json).write_text(json.dumps(self.doc, indent=2))
+            atomic_write(self.json, lambda p: p.write_text(json.dumps(self.doc, indent=2)))  # never a torn file
 
     def classifier(self, name: str) -> tuple[Any, dict[str, Path]]:
         if name not in self._models:

@@ -13,6 +13,7 @@ from typing import Any
 
 import cuda_timing
 from cuda_timing import median_seconds
+from vitlab_edge.files import atomic_write
 
 CUDA = ["CUDAExecutionProvider"]
 _time = median_seconds
@@ -81,7 +82,7 @@ def _emit(rows: list[dict], row: dict, out: Any) -> None:
     if callable(out):
         out()
     elif out:  # rewritten after every row: a run cut short still leaves what it measured
-        Path(out).write_text(json.dumps(rows, indent=2))
+        atomic_write(out, lambda p: p.write_text(json.dumps(rows, indent=2)))
 
 
 def _bound_time(sess, feeds: dict, outputs: list[str], seconds: float) -> float:

@@ -17,7 +17,16 @@ from onnx import TensorProto, helper
 from vitlab_edge import providers as P
 from vitlab_edge import session as S
 from vitlab_edge.binding import BoundRunner, fixed_batch_options, open_bound
-from vitlab_edge.providers import CPU, CUDA, TENSORRT, CudaOptions, TensorRTOptions, batch_profile, expand
+from vitlab_edge.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    CudaOptions,
+    TensorRTOptions,
+    batch_profile,
+    expand,
+    make_cache,
+)
 from vitlab_edge.session import create_session
 
 from tests.conftest import REPO
@@ -66,7 +75,11 @@ def test_short_names_expand_with_their_fallbacks_and_options_become_pairs(tmp_pa
         CudaOptions(cudnn_conv_algo_search="FAST").provider()
     name, opts = TensorRTOptions(fp16=False, cache_dir=str(tmp_path / "engines"),
                                  profile=batch_profile("images", (3, 224, 224), 1024, 256)).provider()
-    assert name == TENSORRT and opts["trt_fp16_enable"] == "0" and (tmp_path / "engines").is_dir()
+    assert name == TENSORRT and opts["trt_fp16_enable"] == "0" and not (tmp_path / "engines").exists()
+    assert make_cache((name, opts)) is None and (tmp_path / "engines").is_dir()  # made when TensorRT is kept
+    (tmp_path / "file").touch()
+    unwritable = TensorRTOptions(cache_dir=str(tmp_path / "file" / "engines")).provider()
+    assert "engine cache folder" in make_cache(unwritable) and "VITLAB_TRT_CACHE" in make_cache(unwritable)
     assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "engines")
     assert opts["trt_profile_opt_shapes"] == "images:256x3x224x224" and opts["trt_profile_min_shapes"].startswith(
         "images:1x")
@@ -95,6 +108,12 @@ def test_default_request_without_driver_is_info(tiny_onnx, caplog):
         create_session(tiny_onnx)
     msgs = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
     assert msgs == [(logging.INFO, "CUDA execution provider not used (no NVIDIA driver found); running on CPU")]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="vitlab_edge"):
+        create_session(tiny_onnx)  # said already: nothing
+        create_session(tiny_onnx, "cuda")  # asked for by name: the same line as a warning
+    msgs = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert msgs == [(logging.WARNING, "CUDA execution provider not used (no NVIDIA driver found); running on CPU")]
 
 
 def test_missing_tensorrt_libraries_are_named():
@@ -241,8 +260,11 @@ def test_pipelined_path_gives_the_cpu_answers_in_order(tiny_model):
     assert [(r.index, r.label, r.error is None) for r in got] == [(r.index, r.label, r.error is None) for r in ref]
     assert all(abs(a.prob - b.prob) < 1e-6 for a, b in zip(got, ref) if a.error is None)
     assert got[5].error and got[0].infer_ms == pytest.approx(1 / 3, abs=1e-3)  # 1 ms over 3 images
-    assert stand_in.calls[:3] == [("stage", 3), ("run", 3), ("stage", 2)] or \
-        stand_in.calls[:3] == [("stage", 3), ("stage", 2), ("run", 3)]  # batch 2 staged before batch 1 is handed out
+    stand_in.calls.clear()
+    first = next(gpu.stream(inputs, batch_size=3, num_workers=0))  # batch 2 staged before batch 1 is handed out
+    assert first.index == 0 and [c for c in stand_in.calls if c[0] == "stage"] == [("stage", 3), ("stage", 2)]
+    stand_in.calls.clear()
+    list(gpu.stream(inputs, batch_size=3, num_workers=0))
     assert [c for c in stand_in.calls if c[0] == "run"] == [("run", 3), ("run", 2), ("run", 3), ("run", 1)]
     report = gpu.throughput
     assert report["pipelined"] is True and report["images"] == 10 and report["model_s"] == pytest.approx(0.004)

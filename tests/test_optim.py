@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import vitlab
+from tests.conftest import REPO, needs_fmnist
 from vitlab.errors import VitlabError
 from vitlab.tasks import ClassificationTask, DetectionTask, DiffusionTask, MAETask, OptimConfig, migrate_hparams
 
 TINY = dict(model_name="vitlab_tiny", model_options={"img_size": 28, "patch_size": 7, "in_chans": 1})
+CFG = REPO / "configs" / "_test" / "tiny_fmnist.yaml"
 
 
 def test_keys_left_out_keep_each_tasks_defaults():
@@ -76,3 +78,29 @@ def test_warmup_counts_epochs_of_the_data_when_max_steps_ends_first(tmp_path, op
     assert lrs.lrs[0] == pytest.approx(1.0 / peak) and lrs.lrs[peak - 1] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs.lrs[: peak - 1], lrs.lrs[1:peak]))  # rising to the peak, then falling
     assert lrs.lrs[peak] == pytest.approx(1.0) and all(a > b for a, b in zip(lrs.lrs[peak:], lrs.lrs[peak + 1:]))
+
+
+@needs_fmnist
+def test_cli_validates_an_old_flat_key_checkpoint_and_names_flat_keys_in_a_config(tmp_path, capsys):
+    """`--ckpt_path` (Lightning reads the checkpoint's hyper-parameters itself) migrates an older checkpoint too;
+    a config or flag with the keys flat under model.init_args is one line saying where they moved."""
+    from vitlab.cli import main
+
+    task = ClassificationTask(**TINY, num_classes=10, optim={"lr": 3e-3, "warmup_epochs": 0.5})
+    old = {k: v for k, v in task.hparams.items() if k != "optim"}
+    old.update(lr=3e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=0.5, min_lr_ratio=0.01,
+               layer_decay=None, _class_path="vitlab.tasks.ClassificationTask")
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": old, "vitlab_task": "ClassificationTask",
+                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0}, tmp_path / "old.ckpt")
+    root = f"--trainer.default_root_dir={tmp_path / 'run'}"
+    main(["validate", "--config", str(CFG), root, f"--ckpt_path={tmp_path / 'old.ckpt'}"])
+    assert "val/acc" in capsys.readouterr().out
+
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(CFG.read_text().replace("    optim:\n      lr: 3.0e-3\n      warmup_epochs: 0.5\n",
+                                            "    lr: 3.0e-3\n    warmup_epochs: 0.5\n"))
+    for args in (["fit", "--config", str(flat), root], ["fit", "--config", str(CFG), "--model.init_args.lr=1e-3"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and "moved under model.init_args.optim" in err[0], err

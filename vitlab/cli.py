@@ -32,7 +32,9 @@ class VitlabCLI(LightningCLI):
     those too, silently (Lightning-AI/pytorch-lightning#21455)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self._model_flags = _model_flags(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
+        argv = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        _refuse_flat_optim_keys(argv)
+        self._model_flags = _model_flags(argv)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -50,9 +52,30 @@ class VitlabCLI(LightningCLI):
                              "last_checkpoint.enable_version_counter": False})
 
     def _parse_ckpt_path(self) -> None:
+        """Lightning's own step (the checkpoint's hyper-parameters become the model's arguments), with a checkpoint
+        of an older vitlab migrated first (``vitlab.tasks.optim.migrate_hparams``) and the command line's model
+        flags kept."""
+        import torch
+
+        from vitlab.tasks.optim import migrate_hparams
+
         sub = self.config.get("subcommand")
-        given = {k: self.config[sub][k] for k in self._model_flags if k in self.config[sub]} if sub else {}
-        super()._parse_ckpt_path()
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        given = {k: self.config[sub][k] for k in self._model_flags if k in self.config[sub]}
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if k != "_instantiator"}
+        if not hparams:
+            return
+        hparams = migrate_hparams(hparams)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of --ckpt_path {ckpt_path}'s hyper-parameters failed\n")
+            raise
         for key, value in given.items():
             self.config[sub][key] = value
 
@@ -72,6 +95,37 @@ class VitlabCLI(LightningCLI):
             args = Namespace(save_dir=root, name="logs", version=max(taken, default=-1) + 1)
             cfg.trainer.logger = [Namespace(class_path=cls, init_args=args.clone()) for cls in
                                   ("vitlab.loggers.AtomicCSVLogger", "lightning.pytorch.loggers.TensorBoardLogger")]
+
+
+def _refuse_flat_optim_keys(argv) -> None:
+    """A config or flag of an older vitlab with the optimiser keys flat under ``model.init_args`` (``lr: 2e-3``):
+    one line naming the file or flag and where the keys live now, instead of jsonargparse's "not accepted"."""
+    from vitlab.tasks.optim import OptimConfig
+
+    if not isinstance(argv, (list, tuple)):
+        return
+    keys, argv = set(OptimConfig.keys()), [str(a) for a in argv]
+    for i, token in enumerate(argv):
+        name = token[2:].split("=", 1)[0]
+        if token.startswith("--model.") and name.split(".")[-1] in keys and \
+                name.split(".")[-2] != "optim":
+            raise VitlabError(f"{token.split('=', 1)[0]}: the optimiser settings moved under "
+                              f"model.init_args.optim: pass --model.init_args.optim.{name.split('.')[-1]}")
+        path = token[len("--config="):] if token.startswith("--config=") else \
+            argv[i + 1] if token == "--config" and i + 1 < len(argv) else None
+        if path and os.path.isfile(path):
+            import yaml
+
+            try:
+                cfg = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # jsonargparse says what is wrong with it
+            init = ((cfg or {}).get("model") or {}) if isinstance(cfg, dict) else {}
+            init = init.get("init_args", init) if isinstance(init, dict) else {}
+            flat = sorted(keys & set(init)) if isinstance(init, dict) else []
+            if flat:
+                raise VitlabError(f"{path}: model.init_args.{flat[0]} (and {', '.join(flat)}) moved under "
+                                  f"model.init_args.optim: write `optim: {{{flat[0]}: ...}}`")
 
 
 def _model_flags(argv) -> list[str]:

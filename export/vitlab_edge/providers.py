@@ -86,10 +86,9 @@ class TensorRTOptions:
     name = TENSORRT
 
     def provider(self) -> tuple[str, dict[str, str]]:
-        """``(name, options)`` for ONNX Runtime; creates the cache folder."""
+        """``(name, options)`` for ONNX Runtime; the cache folder is made when TensorRT is kept (``make_cache``)."""
         cache = Path(self.cache_dir or os.environ.get("VITLAB_TRT_CACHE") or
                      Path.home() / ".cache" / "vitlab_edge" / "tensorrt").expanduser()
-        cache.mkdir(parents=True, exist_ok=True)
         opts = {"device_id": self.device_id, "trt_fp16_enable": self.fp16, "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": self.timing_cache,
                 "trt_timing_cache_path": str(cache), "trt_cuda_graph_enable": self.cuda_graph,
@@ -156,6 +155,18 @@ def cuda_driver_present() -> bool:
         return True
     except OSError:
         return False
+
+
+def make_cache(provider: Any) -> str | None:
+    """Create a TensorRT entry's engine cache folder; why it cannot be made (a read-only HOME), or None."""
+    path = provider[1].get("trt_engine_cache_path") if isinstance(provider, tuple) else None
+    if not path:
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"its engine cache folder {path} cannot be made: {e.strerror or e}; set VITLAB_TRT_CACHE"
+    return None
 
 
 def unavailable(name: str, available: list[str] | set[str], ort_dir: str | None = None) -> str | None:

@@ -63,7 +63,8 @@ def _usable(requested: Any) -> tuple[list[Any], list[tuple[str, str]]]:
         _preload_cuda_libraries()
     keep, dropped = [], []
     for p in wanted:
-        why = _providers.unavailable(provider_name(p), available, os.path.dirname(ort.__file__))
+        why = _providers.unavailable(provider_name(p), available, os.path.dirname(ort.__file__)) or \
+            _providers.make_cache(p)
         if why:
             dropped.append((provider_name(p), why))
         else:
@@ -167,12 +168,12 @@ def _report(dropped: list[tuple[str, str]], kept: list[Any], explicit: bool) -> 
     _say_once(level, f"{'; '.join(parts)}; running on {on}")
 
 
-_said: set[str] = set()
+_said: dict[str, int] = {}  # line -> the highest level it was said at
 
 
 def _say_once(level: int, line: str) -> None:
-    """Once per process (whatever the level): a Predictor's second session (its thread trial) or a re-opened model
-    says nothing new."""
-    if line not in _said:
-        _said.add(line)
+    """Once per process, unless at a higher level than before: a Predictor's second session (its thread trial) or
+    a re-opened model says nothing new, but an explicit request's warning follows the default request's info line."""
+    if level > _said.get(line, -1):
+        _said[line] = level
         log.log(level, "%s", line)
