@@ -51,6 +51,19 @@ class VitlabCLI(LightningCLI):
                              "last_checkpoint.filename": "last", "last_checkpoint.save_top_k": 1,
                              "last_checkpoint.enable_version_counter": False})
 
+    def instantiate_trainer(self, **kwargs):
+        """The config's Trainer plus ``vitlab.callbacks.ThreadTuner`` on a CPU accelerator (unless the config already
+        has one): one thread instead of all when another job makes torch's threads wait on each other."""
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        from vitlab.callbacks import ThreadTuner
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(trainer.accelerator, CPUAccelerator) and not any(isinstance(c, ThreadTuner)
+                                                                        for c in trainer.callbacks):
+            trainer.callbacks.append(ThreadTuner())
+        return trainer
+
     def _parse_ckpt_path(self) -> None:
         """Lightning's own step (the checkpoint's hyper-parameters become the model's arguments), with a checkpoint
         of an older vitlab migrated first (``vitlab.tasks.optim.migrate_hparams``) and the command line's model

@@ -23,7 +23,7 @@ from vitlab.data.datasets import (
     scan_image_folder,
     scan_unlabeled_folder,
 )
-from vitlab.data.transforms import load_pipeline, make_sample_transform
+from vitlab.data.transforms import batched_flips, load_pipeline, make_sample_transform
 from vitlab.errors import VitlabError
 from vitlab.models.classify import FMNIST_LABELS
 from vitlab.preprocess import PreprocessCfg
@@ -33,10 +33,13 @@ log = logging.getLogger(__name__)
 
 class TransformedDataset(Dataset):
     """Applies a per-sample transform (``transform_item``: by default ``transform`` to the image of an ``(image,
-    label)`` pair); ``None`` samples (unreadable files) pass through for collate to drop."""
+    label)`` pair); ``None`` samples (unreadable files) pass through for collate to drop.
 
-    def __init__(self, base: Dataset, transform=None) -> None:
-        self.base, self.transform = base, transform
+    ``batches``: an optional ``indices -> batch dict`` (``ArrayBatches``) that the DataLoader calls for a whole batch
+    at once (its ``__getitems__`` hook); ``collate`` passes such a batch through. Without it, samples one by one."""
+
+    def __init__(self, base: Dataset, transform=None, batches=None) -> None:
+        self.base, self.transform, self.batches = base, transform, batches
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -45,13 +48,57 @@ class TransformedDataset(Dataset):
         item = self.base[i]
         return None if item is None else self.transform_item(item)
 
+    def __getitems__(self, indices: list[int]) -> list | dict[str, Any]:
+        return self.batches(indices) if self.batches is not None else [self[i] for i in indices]
+
     def transform_item(self, item: Any) -> Any:
         image, label = item
         return self.transform(image), label
 
 
-def collate(samples: list) -> dict[str, Any]:
-    """-> ``{"image": uint8 [N, C, H, W], "target": int64 [N], "skipped": number of unreadable samples}``."""
+class ArrayBatches:
+    """Whole batches of in-memory images that are already the model's size: one numpy indexing of the ``[N, C, H,
+    W]`` array and, for a flips-only augment pipeline (``batched_flips``), flips drawn for the whole batch from
+    torch's generator (seeded by ``seed_everything``; per worker by the DataLoader) instead of Albumentations'
+    per-sample calls. The images are bit for bit ``make_sample_transform``'s (without flips: the same batches).
+    numpy, not torch, cuts the batch: torch's indexing runs OpenMP regions, which stall for milliseconds when the
+    machine's cores are shared. ``benchmarks/probe_train_speed.py parts`` measures it against the per-sample path.
+
+    ``for_samples`` builds one when ``samples`` (an ``ArrayDataset``, or a ``Subset`` of one) qualifies, else None.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray | None,
+                 flips: list[tuple[int, float]]) -> None:
+        self.images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # [N, C, H, W] view
+        self.labels, self.index, self.flips = np.asarray(labels, np.int64), index, flips
+
+    @classmethod
+    def for_samples(cls, samples: Dataset, preprocess: PreprocessCfg, augment) -> ArrayBatches | None:
+        flips = batched_flips(augment) if augment is not None else []
+        base, index = (samples.dataset, np.asarray(samples.indices, np.int64)) if isinstance(samples, Subset) \
+            else (samples, None)
+        if flips is None or type(base) is not ArrayDataset:
+            return None
+        shape = base.images.shape
+        if base.images.dtype != np.uint8 or tuple(shape[1:3]) != preprocess.image_size or \
+                (shape[3] if len(shape) == 4 else 1) != preprocess.channels:
+            return None  # resizing or channel conversion: per sample, through PreprocessCfg.prepare
+        return cls(base.images, base.labels, index, flips)
+
+    def __call__(self, indices: list[int]) -> dict[str, Any]:
+        rows = np.asarray(indices, np.int64) if self.index is None else self.index[indices]
+        images = np.ascontiguousarray(self.images[rows])  # a copy
+        for axis, p in self.flips:
+            flip = (torch.rand(len(rows)) < p).numpy()
+            images[flip] = np.flip(images[flip], axis + 1)
+        return {"image": torch.from_numpy(images), "target": torch.from_numpy(self.labels[rows]), "skipped": 0}
+
+
+def collate(samples: list | dict[str, Any]) -> dict[str, Any]:
+    """-> ``{"image": uint8 [N, C, H, W], "target": int64 [N], "skipped": number of unreadable samples}``; a batch
+    ``ArrayBatches`` already built passes through."""
+    if isinstance(samples, dict):
+        return samples
     good = [s for s in samples if s is not None]
     if not good:
         return {"image": torch.empty(0, dtype=torch.uint8), "target": torch.empty(0, dtype=torch.long),
@@ -183,7 +230,8 @@ class ClassificationDataModule(VitlabDataModule):
     collate_fn = staticmethod(collate)
 
     def _wrap(self, samples: Dataset, preprocess: PreprocessCfg, augment) -> Dataset:
-        return TransformedDataset(samples, make_sample_transform(preprocess, augment))
+        return TransformedDataset(samples, make_sample_transform(preprocess, augment),
+                                  ArrayBatches.for_samples(samples, preprocess, augment))
 
 
 class FashionMNISTDataModule(ClassificationDataModule):

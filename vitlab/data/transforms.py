@@ -95,6 +95,19 @@ def _check_with_boxes(pipeline, path: Path) -> None:
         raise VitlabError(f"augment pipeline {path}: does not work with boxes: {type(e).__name__}: {msg}") from None
 
 
+def batched_flips(augment) -> list[tuple[int, float]] | None:
+    """A pipeline made only of flips (``HorizontalFlip`` / ``VerticalFlip`` at the top level of a ``Compose`` that
+    always runs) as ``[(axis of a CHW image, p), ...]``, which a whole batch can take at once
+    (``vitlab.data.datamodules.ArrayBatches``); None for any other pipeline (it runs per sample)."""
+    import albumentations as A
+
+    if augment is None or type(augment) is not A.Compose or augment.p != 1.0:
+        return None
+    axes = {A.HorizontalFlip: 2, A.VerticalFlip: 1}
+    flips = [(axes.get(type(t)), float(t.p)) for t in augment.transforms]
+    return None if any(axis is None for axis, _ in flips) else flips
+
+
 def make_sample_transform(preprocess: PreprocessCfg, augment=None) -> Callable[[np.ndarray], np.ndarray]:
     """A decoded image (HWC uint8, any size, 1 or 3 channels) -> the model's CHW uint8 input.
 

@@ -106,12 +106,19 @@ class DiffusionTask(VitlabTask):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_start(self) -> None:
+        self._ema_pairs = None  # listed again on the first step, on the training device
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+        pairs = getattr(self, "_ema_pairs", None)
+        if pairs is None:  # listed once: walking both module trees every step cost more than the update itself
+            pairs = self._ema_pairs = list(self.ema.parameters()), list(self.model.parameters())
+            if len(pairs[0]) != len(pairs[1]):
+                raise RuntimeError("the EMA copy and the model have different parameters")
+        with torch.no_grad():  # one call over all tensors: bit for bit the per-tensor lerp_
+            torch._foreach_lerp_(*pairs, 1 - decay)
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         if not self._count_skipped(batch):

@@ -83,7 +83,11 @@ class OptimConfig:
 
     def build(self, param_groups: list[dict[str, Any]], total_steps: int, steps_per_epoch: float):
         """AdamW over ``param_groups`` (timm's layer-decay groups carry an ``lr_scale``) + a per-step LambdaLR."""
-        opt = torch.optim.AdamW(param_groups, lr=self.lr, betas=self.betas)
+        params = [p for g in param_groups for p in g["params"]]
+        # fused: one kernel for all tensors (CPU since torch 2.4, CUDA): the step 5.7 -> 2.1 ms on the demo ViTs
+        # (2-core Zen 3), the same update up to float rounding; foreach (bit for bit the for-loop) saves 1 ms of it
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(param_groups, lr=self.lr, betas=self.betas, fused=fused or None)
         for g in opt.param_groups:
             g["lr"] = self.lr * g.get("lr_scale", 1.0)
         total = max(1, total_steps)

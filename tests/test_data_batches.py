@@ -1,0 +1,76 @@
+"""ArrayBatches: in-memory images cut into whole batches (vitlab.data.datamodules), the same bytes as the per-sample
+path (PreprocessCfg.prepare after the augment pipeline, then collate)."""
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import needs_fmnist
+from vitlab.data.datamodules import ArrayBatches, FashionMNISTDataModule, collate
+from vitlab.data.datasets import ArrayDataset
+from vitlab.data.transforms import batched_flips, load_pipeline, make_sample_transform
+from vitlab.preprocess import PreprocessCfg
+
+GREY28 = PreprocessCfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,))
+
+
+def test_flip_pipelines_batch_and_others_do_not():
+    assert batched_flips(load_pipeline("configs/augment/fmnist_flip.yaml")) == [(2, 0.5)]
+    assert batched_flips(A.Compose([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=0.3)])) == [(2, 1.0), (1, 0.3)]
+    assert batched_flips(load_pipeline("configs/augment/fmnist_shift.yaml")) is None
+    assert batched_flips(A.Compose([A.OneOf([A.HorizontalFlip(p=1.0)], p=0.5)])) is None
+    assert batched_flips(A.Compose([A.HorizontalFlip(p=1.0)], p=0.5)) is None
+
+
+@pytest.mark.parametrize("aug", [None, A.Compose([A.HorizontalFlip(p=1.0)]), A.Compose([A.VerticalFlip(p=1.0)]),
+                                 A.Compose([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)])])
+@pytest.mark.parametrize("shape,pre", [((20, 8, 6), PreprocessCfg(input_size=(1, 8, 6), mean=(0.5,), std=(0.5,))),
+                                       ((20, 8, 6, 3), PreprocessCfg(input_size=(3, 8, 6)))])
+def test_batches_equal_the_per_sample_path(shape, pre, aug):
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    samples = torch.utils.data.Subset(ArrayDataset(images, np.arange(20) % 7), [2, 5, 11, 13, 19])
+    batches = ArrayBatches.for_samples(samples, pre, aug)
+    transform = make_sample_transform(pre, aug)
+    picked = [4, 0, 2]
+    expected = collate([(transform(samples[i][0]), samples[i][1]) for i in picked])
+    got = collate(batches(picked))  # collate passes a built batch through
+    assert torch.equal(got["image"], expected["image"]) and got["image"].is_contiguous()
+    assert torch.equal(got["target"], expected["target"]) and got["skipped"] == 0
+
+
+def test_random_flips_follow_torch_seed_and_p():
+    images = np.random.default_rng(0).integers(0, 256, (400, 4, 5), dtype=np.uint8)
+    batches = ArrayBatches.for_samples(ArrayDataset(images, np.zeros(400)), GREY28.replace(input_size=(1, 4, 5)),
+                                       A.Compose([A.HorizontalFlip(p=0.5)]))
+    torch.manual_seed(0)
+    a = batches(list(range(400)))["image"][:, 0].numpy()
+    torch.manual_seed(0)
+    assert np.array_equal(a, batches(list(range(400)))["image"][:, 0].numpy())
+    flipped = np.array([np.array_equal(x, y[:, ::-1]) and not np.array_equal(x, y) for x, y in zip(a, images)])
+    kept = np.array([np.array_equal(x, y) for x, y in zip(a, images)])
+    assert (flipped | kept).all() and 150 < flipped.sum() < 250
+
+
+def test_what_needs_a_resize_or_channel_change_stays_per_sample():
+    images = np.zeros((10, 28, 28), np.uint8)
+    assert ArrayBatches.for_samples(ArrayDataset(images, np.zeros(10)), GREY28.replace(input_size=(1, 32, 32)),
+                                    None) is None
+    assert ArrayBatches.for_samples(ArrayDataset(images, np.zeros(10)), PreprocessCfg(input_size=(3, 28, 28)),
+                                    None) is None
+    assert ArrayBatches.for_samples(ArrayDataset(images, np.zeros(10)), GREY28,
+                                    load_pipeline("configs/augment/fmnist_shift.yaml")) is None
+
+
+@needs_fmnist
+def test_fmnist_loaders_use_whole_batches():
+    dm = FashionMNISTDataModule(batch_size=16, limit=200, val_fraction=0.1, preprocess=GREY28,
+                                train_augment="configs/augment/fmnist_flip.yaml")
+    dm.setup("fit")
+    assert dm._sets["train"].batches is not None and dm._sets["val"].batches.flips == []
+    val = next(iter(dm.val_dataloader()))
+    base = dm._sets["val"].base
+    expected = collate([(GREY28.prepare(base[i][0]), base[i][1]) for i in range(16)])
+    assert torch.equal(val["image"], expected["image"]) and torch.equal(val["target"], expected["target"])
+    train = next(iter(dm.train_dataloader()))
+    assert train["image"].shape == (16, 1, 28, 28) and train["image"].dtype == torch.uint8

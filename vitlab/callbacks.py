@@ -1,0 +1,80 @@
+"""ThreadTuner: one or all of torch's CPU threads, whichever trains faster right now.
+
+On an idle 2-core machine two threads win (the demo ViT: 69 vs 90 ms a step, the demo denoiser 124 vs 152 ms).
+Beside another job, torch's OpenMP threads spin-wait on each other and two threads are 3-14x slower than one
+(measured on this project's 2-core machines, benchmarks/probe_train_speed.py, issue 26). The tuner keeps all
+threads while the step time stays near the best it has seen (nothing to pay on an idle machine); when the median of
+the last ``window`` steps is ``slow`` times that best, it tries one thread for ``trial`` steps and keeps the faster.
+At one thread it tries all threads again every ``period`` steps, since the other job may have ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class ThreadTuner(L.Callback):
+    """All threads while steps stay fast; one thread for ``trial`` steps when the median of the last ``window`` is
+    ``slow`` times the best seen, kept if ``margin`` faster; all threads tried again every ``period`` steps.
+    ``trials``: one ``(step, threads before, threads tried, ms a step before, ms tried, kept)`` per trial."""
+
+    def __init__(self, window: int = 10, slow: float = 1.3, trial: int = 6, period: int = 200,
+                 margin: float = 0.1) -> None:
+        self.window, self.slow, self.trial, self.period, self.margin = window, slow, trial, period, margin
+        self.trials: list[tuple[int, int, int, float, float, bool]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.all = self.threads = torch.get_num_threads()
+        self.times: list[float] = []
+        self.last: float | None = None
+        self.n = self.since = self.trial_start = 0
+        self.best: dict[int, float] = {}
+        self.trial_from: int | None = None
+        self.before = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last, self.n = now, self.n + 1
+        if self.all < 2:
+            return
+        if self.trial_from is not None:
+            if self.n - self.trial_start > self.trial:
+                self._end_trial()
+            return
+        if self.n - self.since <= self.window:
+            return
+        recent = statistics.median(self.times[-self.window:])
+        best = self.best[self.threads] = min(self.best.get(self.threads, recent), recent)
+        if (self.threads > 1 and recent > self.slow * best) or \
+                (self.threads == 1 and self.n - self.since >= self.period):
+            self.trial_from, self.trial_start, self.before = self.threads, self.n, recent
+            torch.set_num_threads(1 if self.threads > 1 else self.all)
+
+    def _end_trial(self) -> None:
+        tried = statistics.median(self.times[-self.trial + 1:])  # the step that switched left out
+        keep = tried < self.before * (1 - self.margin)
+        self.trials.append((self.n, self.trial_from, torch.get_num_threads(), round(1000 * self.before, 1),
+                            round(1000 * tried, 1), keep))
+        if keep:
+            log.info("ThreadTuner: %d -> %d threads (%.0f -> %.0f ms a step)", self.trial_from,
+                     torch.get_num_threads(), 1000 * self.before, 1000 * tried)
+            self.threads = torch.get_num_threads()
+            self.best[self.threads] = min(self.best.get(self.threads, tried), tried)
+        torch.set_num_threads(self.threads)
+        self.trial_from, self.since = None, self.n
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.set_num_threads(self.all)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if hasattr(self, "all"):
+            torch.set_num_threads(self.all)
