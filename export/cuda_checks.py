@@ -16,7 +16,6 @@ from cuda_timing import median_seconds
 from vitlab_edge.files import atomic_write
 
 CUDA = ["CUDAExecutionProvider"]
-_time = median_seconds
 
 
 def cuda_session(path: Path):
@@ -91,7 +90,7 @@ def _bound_time(sess, feeds: dict, outputs: list[str], seconds: float) -> float:
 
     runner = BoundRunner(sess, outputs)
     runner.put(feeds)
-    return _time(runner.run, seconds)
+    return median_seconds(runner.run, seconds)
 
 
 def classifier_graphs(name: str, out_dir: Path) -> tuple[Any, dict[str, Path]]:
@@ -147,7 +146,7 @@ def check_classifier(name: str, batches: list[int], out_dir: Path, seconds: floa
             ref = eager().float().cpu().numpy()
             logits = sess.run(["logits"], {"images": x})[0]
             t_ort = _bound_time(sess, {"images": x}, ["logits"], seconds)
-            t_torch = _time(eager, seconds)
+            t_torch = median_seconds(eager, seconds)
             _emit(rows, {**base, "batch": n,
                          "max_abs_diff_logits": float(np.abs(logits - ref).max()),
                          "top1_agree_pct": float((logits.argmax(1) == ref.argmax(1)).mean() * 100),
@@ -222,7 +221,7 @@ def check_detector(spec: str, batches: list[int], out_dir: Path, seconds: float,
                     model_outputs(m, xt, {"score_thresh": 0.0}, cast, to_host=False)
                     cuda_timing.sync(device)
 
-                t_torch = _time(eager, seconds)
+                t_torch = median_seconds(eager, seconds)
                 row.update(torch_img_s=round(n / t_torch, 1), ort_vs_torch=round(t_torch / t, 3),
                            torch=f"eager {'fp16 autocast' if cast else 'fp32'}")
             _emit(rows, row, out)
@@ -299,7 +298,7 @@ def check_generator(spec: str, batches: list[int], out_dir: Path, seconds: float
                         m(*args)
                     cuda_timing.sync(device)
 
-                t_torch = _time(eager, seconds)
+                t_torch = median_seconds(eager, seconds)
                 row.update(torch_step_img_s=round(n / t_torch, 1), ort_vs_torch=round(t_torch / t, 3))
             _emit(rows, row, out)
         del sess, cpu

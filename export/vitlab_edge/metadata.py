@@ -55,8 +55,8 @@ def parse_metadata(text: str | None, source: str) -> dict[str, Any]:
                                f"({FORMAT}); upgrade vitlab-edge")
     try:
         spec = edge_task(meta["task"])
-    except KeyError as e:
-        raise ModelFormatError(f"{source}: {e.args[0]}") from None
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from None
     missing = [k for k in spec.keys if k not in meta]
     if missing:
         raise ModelFormatError(f"{source}: '{METADATA_KEY}' metadata of a {spec.name} model lacks "

@@ -63,22 +63,17 @@ EDGE_TASKS: dict[str, EdgeTask] = {t.name: t for t in (
 
 def edge_task(task: str | None) -> EdgeTask:
     """The descriptor of ``task`` (None: classification, what models before the ``task`` key were); an unknown
-    task raises KeyError naming the known ones."""
+    task raises ValueError naming the known ones."""
     name = ALIASES.get(task or "classification", task or "classification")
     if name not in EDGE_TASKS:
-        raise KeyError(f"task {task!r} is not one this kit serves ({', '.join(EDGE_TASKS)}); upgrade vitlab-edge")
+        raise ValueError(f"task {task!r} is not one this kit serves ({', '.join(EDGE_TASKS)}); upgrade vitlab-edge")
     return EDGE_TASKS[name]
 
 
 def decoder_for(task: str | None) -> RecordDecoder:
     """The record decoder of ``task``; ValueError for a task without records (generation) or an unknown one."""
-    try:
-        decoder = edge_task(task).decoder
-    except KeyError as e:
-        decoder, why = None, e.args[0]
-    else:
-        why = f"task {task!r} has no records (a generator is sampled: vitlab_edge.EdgeSampler)"
-    if decoder is None:
-        raise ValueError(f"no record decoder: {why}; this version decodes "
-                         f"{', '.join(k for k, t in EDGE_TASKS.items() if t.decoder)}")
-    return decoder
+    spec = edge_task(task)
+    if spec.decoder is None:
+        raise ValueError(f"task {spec.name!r} has no records (a generator is sampled: vitlab_edge.EdgeSampler); this "
+                         f"version decodes {', '.join(k for k, t in EDGE_TASKS.items() if t.decoder)}")
+    return spec.decoder
