@@ -9,7 +9,8 @@ from vitlab.registry import BACKBONE_OPTIONS, ModelSpec, register_model
 
 def test_list_models_has_variants_and_timm_vits():
     names = vitlab.list_models()
-    assert {"vitlab_tiny", "vitlab_fmnist", "vitlab_fmnist_s", "vitlab_fmnist_cs"} <= set(names)
+    assert {"vitlab_tiny", "vitlab_fmnist", "vitlab_fmnist_s", "vitlab_fmnist_cs",
+            "vitlab_fmnist_cs_tiny"} <= set(names)
     assert "vit_small_patch16_224" in names and "deit_tiny_patch16_224" in names
     assert all(n.startswith("vit_small") for n in vitlab.list_models("vit_small*"))
     assert "resnet50" not in names
@@ -51,6 +52,7 @@ def test_duplicate_registration_raises():
     ("vitlab_fmnist", {}, (2, 1, 28, 28)),
     ("vitlab_fmnist_s", {}, (2, 1, 28, 28)),
     ("vitlab_fmnist_cs", {}, (2, 1, 28, 28)),
+    ("vitlab_fmnist_cs_tiny", {}, (2, 1, 28, 28)),
     ("vitlab_tiny", {"img_size": 48, "patch_size": 12, "in_chans": 1}, (2, 1, 48, 48)),
     ("vit_tiny_patch16_224", {"img_size": 64, "depth": 2, "reg_tokens": 2}, (2, 3, 64, 64)),
     ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, (2, 3, 32, 32)),
