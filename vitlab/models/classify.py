@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -112,10 +113,8 @@ def vitlab_fmnist_cs_tiny() -> ModelSpec:
     """``vitlab_fmnist`` with a conv stem 24-48-96 (all stride 2: 28 -> 14 -> 7 -> 4x4 tokens) in place of the
     patch-7 convolution: the demo model (0.36 M params; ~1.2x the time per step; 90.6 % test accuracy in the
     demo's 5 epochs against 88.3 % for vitlab_fmnist in 6)."""
-    return ModelSpec("vit_tiny_patch16_224", dict(img_size=28, patch_size=7, in_chans=1, embed_dim=96, depth=4,
-                                                  num_heads=4, mlp_ratio=2.0, global_pool="avg", class_token=False,
-                                                  embed_layer=conv_stem((24, 48, 96))),
-                     _GREY.replace(labels=FMNIST_LABELS))
+    spec = vitlab_fmnist()
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, "embed_layer": conv_stem((24, 48, 96))})
 
 
 @register_model
