@@ -117,7 +117,7 @@ CLAIMS = [
           lambda d: f"mAP50 **{d['test/map_50']:.3f}**, mAP50:95 {d['test/map']:.3f}", "detection"),
     Claim("class-conditional generation, `fmnist_diffusion.yaml` (≤ 30 min)", "generation",
           lambda d: f"FID **{d['test/fid']:.2f}** (real-vs-real floor {d['test/fid_floor']:.3f}), class "
-                    f"consistency {d['test/class_acc']:.1f} %", "generation"),
+                    f"consistency **{d['test/class_acc']:.1f} %** at guidance {d['guidance']:g}", "generation"),
     Claim("ONNX Runtime fp32 vs PyTorch eager, ViT-S/16", "onnx", _vs_eager("ort_fp32"), "benchmarks-cpu"),
     Claim("ONNX Runtime int8 (dynamic) vs PyTorch eager, ViT-S/16", "onnx", _vs_eager("ort_int8"), "benchmarks-cpu"),
     Claim("ONNX Runtime int8 (dynamic) vs PyTorch eager, ViT-S/16", "onnx_zen4", _vs_eager("ort_int8"),
