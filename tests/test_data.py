@@ -182,13 +182,42 @@ def test_augment_yaml_validation(tmp_path):
 
 
 def test_shipped_pipelines_load_and_keep_size():
-    for name in ("fmnist_flip", "fmnist_shift"):
+    grey = ("fmnist_flip", "fmnist_shift", "fmnist_dark_background")
+    shipped = {p.stem for p in Path("configs/augment").glob("*.yaml")}
+    assert shipped == {*grey, "imagenet_train", "scenes_train"}, "a new pipeline needs its case here"
+    for name in grey:
         t = make_sample_transform(GREY28, load_pipeline(f"configs/augment/{name}.yaml"))
         for _ in range(5):
             assert t(np.zeros((28, 28, 1), np.uint8)).shape == (1, 28, 28)
     rgb = PreprocessCfg(input_size=(3, 224, 224))
     t = make_sample_transform(rgb, load_pipeline("configs/augment/imagenet_train.yaml"))
     assert t(np.zeros((300, 400, 3), np.uint8)).shape == (3, 224, 224)
+    load_pipeline("configs/augment/scenes_train.yaml", bboxes=True)  # runs once with a box (_check_with_boxes)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dark_textured_background_replaces_black_and_keeps_white(channels):
+    """The item's brightness is its alpha: white stays white, black becomes a dark texture (never above
+    max_brightness), mid-grey lands between; a texture varies across the image and from draw to draw."""
+    import albumentations as A
+
+    from vitlab.data.augment import DarkTexturedBackground
+
+    image = np.zeros((28, 28, channels), np.uint8)
+    image[8:20, 8:20] = 255
+    image[0:4, 0:4] = 128
+    t = A.Compose([DarkTexturedBackground(max_brightness=0.3, p=1.0)], seed=0)
+    outs = [t(image=image)["image"] for _ in range(4)]
+    for out in outs:
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert (out[8:20, 8:20] == 255).all()
+        black = out[20:, 20:]
+        assert black.max() <= round(0.3 * 255) and black.std() > 0
+        assert (out[0:4, 0:4] >= 64).all() and (out[0:4, 0:4] <= 128 + 0.5 * 0.3 * 255).all()
+    assert any(not np.array_equal(outs[0][20:, 20:], o[20:, 20:]) for o in outs[1:])
+    assert (A.Compose([DarkTexturedBackground(p=0.0)])(image=image)["image"] == image).all()
+    with pytest.raises(ValueError, match="max_brightness"):
+        DarkTexturedBackground(max_brightness=0.0)
 
 
 @needs_fmnist

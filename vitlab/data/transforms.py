@@ -53,6 +53,8 @@ def load_pipeline(path: str | os.PathLike, bboxes: bool = False):
     import albumentations as A
     import yaml
 
+    import vitlab.data.augment  # noqa: F401  (registers vitlab's own transforms for from_dict)
+
     path = Path(path)
     if not path.is_file():
         raise VitlabError(f"augment pipeline {path} does not exist")
