@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import needs_fmnist
-from vitlab.data.datamodules import ArrayBatches, FashionMNISTDataModule, collate
+from vitlab.data.datamodules import ArrayBatches, FashionMNISTDataModule, TransformedDataset, collate
 from vitlab.data.datasets import ArrayDataset
-from vitlab.data.transforms import batched_flips, load_pipeline, make_sample_transform
+from vitlab.data.transforms import batched_flips, load_pipeline, make_sample_transform, seed_augment_worker
 from vitlab.preprocess import PreprocessCfg
 
 GREY28 = PreprocessCfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,))
@@ -74,3 +74,39 @@ def test_fmnist_loaders_use_whole_batches():
     assert torch.equal(val["image"], expected["image"]) and torch.equal(val["target"], expected["target"])
     train = next(iter(dm.train_dataloader()))
     assert train["image"].shape == (16, 1, 28, 28) and train["image"].dtype == torch.uint8
+
+
+
+@needs_fmnist
+@pytest.mark.parametrize("workers", [0, 2])
+def test_seeded_runs_augment_alike(workers):
+    """Albumentations keeps its own random state: the datamodule seeds it from torch's seed (the run's seed in the
+    process, torch's per-worker seed in a worker), so the same seed gives the same augmented batches, another seed
+    others."""
+    def batches(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        dm = FashionMNISTDataModule(batch_size=32, limit=256, val_fraction=0.0, preprocess=GREY28, num_workers=workers,
+                                    train_augment="configs/augment/fmnist_dark_background.yaml")
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        torch.manual_seed(seed)  # the sampler's order, as Lightning's seed_everything leaves it
+        return [b["image"] for b, _ in zip(loader, range(4))]
+
+    first, again, other = batches(0), batches(0), batches(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("init, apart", [(seed_augment_worker, True), (None, False)])
+def test_workers_draw_their_own_augmentations(init, apart):
+    """Two workers given the same images: with seed_augment_worker their textures differ; without it (the fork
+    copies one random state into both) they are the same, which is what the seeding fixes."""
+    pipeline = load_pipeline("configs/augment/fmnist_dark_background.yaml")
+    pipeline.transforms[0].p = 1.0
+    images = np.zeros((8, 28, 28), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    ds = TransformedDataset(ArrayDataset(images, np.zeros(8)), make_sample_transform(GREY28, pipeline),
+                            augment=pipeline)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate, worker_init_fn=init)
+    b0, b1 = (b["image"] for b in loader)  # batch 0 from worker 0, batch 1 from worker 1
+    assert torch.equal(b0, b1) is not apart

@@ -23,7 +23,13 @@ from vitlab.data.datasets import (
     scan_image_folder,
     scan_unlabeled_folder,
 )
-from vitlab.data.transforms import batched_flips, load_pipeline, make_sample_transform
+from vitlab.data.transforms import (
+    batched_flips,
+    load_pipeline,
+    make_sample_transform,
+    seed_augment,
+    seed_augment_worker,
+)
 from vitlab.errors import VitlabError
 from vitlab.models.classify import FMNIST_LABELS
 from vitlab.preprocess import PreprocessCfg
@@ -36,10 +42,12 @@ class TransformedDataset(Dataset):
     label)`` pair); ``None`` samples (unreadable files) pass through for collate to drop.
 
     ``batches``: an optional ``indices -> batch dict`` (``ArrayBatches``) that the DataLoader calls for a whole batch
-    at once (its ``__getitems__`` hook); ``collate`` passes such a batch through. Without it, samples one by one."""
+    at once (its ``__getitems__`` hook); ``collate`` passes such a batch through. Without it, samples one by one.
+    ``augment``: the augment pipeline inside ``transform``, if any, which each worker seeds
+    (``seed_augment_worker``)."""
 
-    def __init__(self, base: Dataset, transform=None, batches=None) -> None:
-        self.base, self.transform, self.batches = base, transform, batches
+    def __init__(self, base: Dataset, transform=None, batches=None, augment=None) -> None:
+        self.base, self.transform, self.batches, self.augment = base, transform, batches, augment
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -192,6 +200,7 @@ class VitlabDataModule(L.LightningDataModule):
         if stage in ("fit", "validate"):
             pool, val = self._train_val()
             self._sets["train"] = self._wrap(pool, pre, self.augment)
+            seed_augment(self.augment)
             self._sets["val"] = self._wrap(val, pre, None)
         if stage in ("test", "predict"):
             test = self.split_set("test")
@@ -208,6 +217,7 @@ class VitlabDataModule(L.LightningDataModule):
         train = split == "train"
         return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          worker_init_fn=seed_augment_worker if train and self.num_workers else None,
                           persistent_workers=self.num_workers > 0,
                           drop_last=train and len(ds) > self.batch_size)
 
@@ -231,7 +241,7 @@ class ClassificationDataModule(VitlabDataModule):
 
     def _wrap(self, samples: Dataset, preprocess: PreprocessCfg, augment) -> Dataset:
         return TransformedDataset(samples, make_sample_transform(preprocess, augment),
-                                  ArrayBatches.for_samples(samples, preprocess, augment))
+                                  ArrayBatches.for_samples(samples, preprocess, augment), augment)
 
 
 class FashionMNISTDataModule(ClassificationDataModule):

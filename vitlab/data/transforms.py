@@ -97,6 +97,24 @@ def _check_with_boxes(pipeline, path: Path) -> None:
         raise VitlabError(f"augment pipeline {path}: does not work with boxes: {type(e).__name__}: {msg}") from None
 
 
+def seed_augment(augment) -> None:
+    """Seed an augment pipeline from torch's seed in this process. Albumentations' ``Compose`` keeps a random state
+    of its own that ``seed_everything`` does not reach; in the main process torch's seed is the run's seed, and in a
+    DataLoader worker torch's per-worker seed (distinct per worker and epoch, and fixed by the run's seed), so a
+    seeded run augments the same way twice and workers do not repeat each other's draws."""
+    if augment is not None:
+        import torch
+
+        augment.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def seed_augment_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: ``seed_augment`` for the worker's copy of its dataset's ``augment``."""
+    from torch.utils.data import get_worker_info
+
+    seed_augment(getattr(get_worker_info().dataset, "augment", None))
+
+
 def batched_flips(augment) -> list[tuple[int, float]] | None:
     """A pipeline made only of flips (``HorizontalFlip`` / ``VerticalFlip`` at the top level of a ``Compose`` that
     always runs) as ``[(axis of a CHW image, p), ...]``, which a whole batch can take at once
