@@ -110,3 +110,22 @@ def test_workers_draw_their_own_augmentations(init, apart):
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate, worker_init_fn=init)
     b0, b1 = (b["image"] for b in loader)  # batch 0 from worker 0, batch 1 from worker 1
     assert torch.equal(b0, b1) is not apart
+
+
+def test_ranks_draw_their_own_augmentations(monkeypatch):
+    """Under DDP every rank has the run's seed: the rank is mixed in, so ranks do not repeat each other's draws."""
+    import torch.distributed as dist
+
+    from vitlab.data.transforms import seed_augment
+
+    image = np.zeros((28, 28, 1), np.uint8)
+    draws = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_rank", lambda r=rank: r)
+        pipeline = load_pipeline("configs/augment/fmnist_dark_background.yaml")
+        pipeline.transforms[0].p = 1.0
+        torch.manual_seed(0)
+        seed_augment(pipeline)
+        draws[rank] = pipeline(image=image)["image"]
+    assert not np.array_equal(draws[0], draws[1])

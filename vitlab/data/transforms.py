@@ -98,14 +98,17 @@ def _check_with_boxes(pipeline, path: Path) -> None:
 
 
 def seed_augment(augment) -> None:
-    """Seed an augment pipeline from torch's seed in this process. Albumentations' ``Compose`` keeps a random state
-    of its own that ``seed_everything`` does not reach; in the main process torch's seed is the run's seed, and in a
-    DataLoader worker torch's per-worker seed (distinct per worker and epoch, and fixed by the run's seed), so a
-    seeded run augments the same way twice and workers do not repeat each other's draws."""
+    """Seed an augment pipeline from torch's seed in this process, plus the distributed rank. Albumentations'
+    ``Compose`` keeps a random state of its own that ``seed_everything`` does not reach; in the main process torch's
+    seed is the run's seed, and in a DataLoader worker torch's per-worker seed (distinct per worker and epoch, and
+    fixed by the run's seed), so a seeded run augments the same way twice, and neither workers nor DDP ranks repeat
+    each other's draws."""
     if augment is not None:
         import torch
+        import torch.distributed as dist
 
-        augment.set_random_seed(torch.initial_seed() % 2**32)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        augment.set_random_seed((torch.initial_seed() + 7919 * rank) % 2**32)
 
 
 def seed_augment_worker(worker_id: int) -> None:
