@@ -76,7 +76,6 @@ def test_fmnist_loaders_use_whole_batches():
     assert train["image"].shape == (16, 1, 28, 28) and train["image"].dtype == torch.uint8
 
 
-
 @needs_fmnist
 @pytest.mark.parametrize("workers", [0, 2])
 def test_seeded_runs_augment_alike(workers):
