@@ -105,10 +105,10 @@ def seed_augment(augment) -> None:
     each other's draws."""
     if augment is not None:
         import torch
-        import torch.distributed as dist
 
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        augment.set_random_seed((torch.initial_seed() + 7919 * rank) % 2**32)
+        from vitlab._dist import rank
+
+        augment.set_random_seed((torch.initial_seed() + 7919 * rank()) % 2**32)
 
 
 def seed_augment_worker(worker_id: int) -> None:

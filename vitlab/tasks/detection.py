@@ -27,6 +27,7 @@ from torchmetrics.utilities import dim_zero_cat
 from vitlab_edge.files import coco_bbox
 from vitlab_edge.tasks import EDGE_TASKS
 
+from vitlab._dist import rank
 from vitlab.errors import VitlabError
 from vitlab.models.detect import create_detector, postprocess
 from vitlab.tasks.base import VitlabTask
@@ -77,11 +78,6 @@ def coco_evaluate(gt, results: list[dict[str, Any]], image_ids: list[int], categ
             "iou_thresholds": [round(float(t), 2) for t in ev.params.iouThrs]}
 
 
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _rows(state: list[torch.Tensor] | torch.Tensor, width: int) -> np.ndarray:
     """A flat float64 state (a list of tensors, or one after syncing ranks) as ``[rows, width]``."""
     if isinstance(state, list):
@@ -124,7 +120,7 @@ class CocoMAP(Metric):
         images, rows, gts = [], [], []
         for i, (gt_boxes, gt_labels) in enumerate(zip(batch["boxes"], batch["labels"])):
             self._visits += 1
-            token = self._visits * 65536 + _rank()
+            token = self._visits * 65536 + rank()
             image_id = int(ids[i]) if ids is not None else token
             src = (int(orig[i][0]), int(orig[i][1])) if orig is not None else None
             ctx = RowContext(self.labels, src_hw=src, input_hw=input_hw if src else None)
