@@ -41,6 +41,22 @@ def _probe_variant(stem: str | None) -> str:
     return "probe_stem"
 
 
+def _shift_erase(x: torch.Tensor, shift: int, erase: float) -> torch.Tensor:
+    """Per-image random shift (zero padding + random crop) and random erasing of an [N, 1, H, W] batch."""
+    n, _, h, w = x.shape
+    if shift:
+        padded = F.pad(x, (shift,) * 4)
+        offsets = torch.randint(0, 2 * shift + 1, (n, 2)).tolist()
+        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    for i in (torch.rand(n) < erase).nonzero().flatten().tolist():
+        area = h * w * torch.empty(1).uniform_(0.02, 0.33).item()
+        aspect = math.exp(torch.empty(1).uniform_(math.log(0.3), math.log(3.3)).item())
+        eh, ew = min(h, round(math.sqrt(area * aspect))), min(w, round(math.sqrt(area / aspect)))
+        top, left = torch.randint(0, h - eh + 1, (1,)).item(), torch.randint(0, w - ew + 1, (1,)).item()
+        x[i, :, top:top + eh, left:left + ew] = 0
+    return x
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=6)
@@ -57,6 +73,10 @@ def main() -> None:
                     "(stride 2 unless given), e.g. 32,64,128 or 16:1,32,64,128")
     ap.add_argument("--drop-path", type=float, default=0.0)
     ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--shift", type=int, default=0, help="random shifts of up to this many pixels (zero padding, "
+                    "then a random crop back: fmnist_shift.yaml's PadIfNeeded + RandomCrop)")
+    ap.add_argument("--erase", type=float, default=0.0, help="probability of erasing one random rectangle "
+                    "(2-33 %% of the area, aspect 0.3-3.3, filled with 0: Albumentations' Erasing)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     print(json.dumps({"machine": machine_info(), **run_info()}), flush=True)
@@ -87,6 +107,7 @@ def main() -> None:
             if not args.no_flip:
                 flip = torch.rand(len(idx)) < 0.5
                 x[flip] = x[flip].flip(-1)
+            x = _shift_erase(x, args.shift, args.erase)
             loss = F.cross_entropy(model(x), ytr[idx], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
