@@ -6,6 +6,10 @@ Beside another job, torch's OpenMP threads spin-wait on each other and two threa
 threads while the step time stays near the best it has seen (nothing to pay on an idle machine); when the median of
 the last ``window`` steps is ``slow`` times that best, it tries one thread for ``trial`` steps and keeps the faster.
 At one thread it tries all threads again every ``period`` steps, since the other job may have ended.
+
+TimeBudget: the LR schedule ends inside the trainer's ``max_time``. Lightning's cap stops a run wherever it falls,
+mid-cosine on a slower machine, and the last checkpoint is then a model still trained at a high LR. ``vitlab`` adds
+both callbacks itself (``vitlab.cli``); a config that lists its own keeps its settings.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
+
+from vitlab.tasks.optim import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +85,45 @@ class ThreadTuner(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if hasattr(self, "all"):
             torch.set_num_threads(self.all)
+
+
+class TimeBudget(L.Callback):
+    """Ends the warmup-cosine schedule (``vitlab.tasks.optim.WarmupCosine``) at the last step that fits the
+    trainer's ``max_time``, then stops the run there, when the planned schedule would not end before the cap.
+
+    Every ``every`` steps, from ``start`` steps into this process on, it measures the run's wall-clock rate
+    (validation and checkpointing included) and sets the schedule's end to the step reached ``margin`` of the
+    budget before the cap; never beyond the planned end, so a machine fast enough changes nothing. The estimate is
+    rank 0's, broadcast, so all ranks follow one schedule. ``ends`` records ``(step, end)`` at each change."""
+
+    def __init__(self, every: int = 20, start: int = 50, margin: float = 0.03) -> None:
+        self.every, self.start, self.margin = every, start, margin
+        self.ends: list[tuple[int, int]] = []
+
+    @staticmethod
+    def _schedules(trainer) -> list[WarmupCosine]:
+        return [f for cfg in trainer.lr_scheduler_configs for f in getattr(cfg.scheduler, "lr_lambdas", [])
+                if isinstance(f, WarmupCosine)]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0, self.step0 = time.monotonic(), trainer.global_step
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        remaining = self.timer.time_remaining() if self.timer is not None else None
+        schedules = self._schedules(trainer) if remaining is not None else []
+        done, step = trainer.global_step - self.step0, trainer.global_step
+        if schedules and done >= self.start and done % self.every == 0:
+            budget = self.timer.time_elapsed() + remaining
+            rate = done / max(1e-9, time.monotonic() - self.t0)
+            fits = trainer.strategy.broadcast(step + int(rate * max(0.0, remaining - self.margin * budget)), src=0)
+            for f in schedules:
+                end = min(f.planned, max(step + 1, fits))
+                if end != f.total:
+                    if not self.ends:
+                        log.info("TimeBudget: max_time ends the run before its %d planned steps; the LR schedule "
+                                 "now ends at step %d (%.1f steps/s)", f.planned, end, rate)
+                    f.total = end
+                    self.ends.append((step, end))
+        if any(f.total < f.planned and step >= f.total for f in schedules):
+            trainer.should_stop = True

@@ -91,15 +91,25 @@ class OptimConfig:
         for g in opt.param_groups:
             g["lr"] = self.lr * g.get("lr_scale", 1.0)
         total = max(1, total_steps)
-        warmup, floor = self.warmup(steps_per_epoch, total), self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
+        factor = WarmupCosine(self.warmup(steps_per_epoch, total), total, self.min_lr_ratio)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class WarmupCosine:
+    """The LR factor at a step: linear warmup over ``warmup`` steps, then cosine to ``floor`` at ``total``.
+
+    A callable object rather than a closure, so LambdaLR's state_dict keeps its plain fields (a resumed run
+    continues the same schedule) and ``vitlab.callbacks.TimeBudget`` can end it earlier (``total``) when the
+    trainer's ``max_time`` would cut it; ``planned`` keeps the length it was built with."""
+
+    def __init__(self, warmup: int, total: int, floor: float) -> None:
+        self.warmup, self.total, self.planned, self.floor = warmup, total, total, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def migrate_hparams(hp: dict[str, Any]) -> dict[str, Any]:
