@@ -9,11 +9,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from vitlab.callbacks import TimeBudget
 from vitlab.cli import run_cli
 from vitlab.tasks.optim import OptimConfig, WarmupCosine
 
+CONFIGS = Path(__file__).parents[1] / "configs"
 STEPS_PER_EPOCH, EPOCHS = 10, 20  # 200 planned steps
 OPTIM = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.01)
 
@@ -76,14 +78,20 @@ def test_time_to_spare_changes_nothing(monkeypatch):
     assert model.lrs[-1] == pytest.approx(0.01, abs=1e-3)
 
 
-def test_the_cli_adds_it_with_max_time(tmp_path):
-    config = Path(__file__).parents[1] / "configs" / "_test" / "tiny_fmnist.yaml"
-    common = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1",
-              "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
-    with_cap = run_cli(["fit", *common, "--trainer.max_time=00:00:10:00"]).trainer.callbacks
-    without = run_cli(["fit", *common]).trainer.callbacks
-    assert sum(isinstance(c, TimeBudget) for c in with_cap) == 1
-    assert not any(isinstance(c, TimeBudget) for c in without)
+@pytest.mark.parametrize("config", ["fmnist_demo", "fmnist_best"])
+def test_the_classification_configs_list_it(config):
+    """Opt-in: the configs where it was measured to help list it (docs/cli.md); a cap alone does not add it."""
+    trainer = yaml.safe_load((CONFIGS / "classify" / f"{config}.yaml").read_text())["trainer"]
+    assert trainer["max_time"] and {"class_path": "vitlab.callbacks.TimeBudget"} in trainer["callbacks"]
+
+
+def test_the_cli_builds_it_only_when_listed(tmp_path):
+    common = ["--config", str(CONFIGS / "_test" / "tiny_fmnist.yaml"), f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+              "--trainer.max_time=00:00:10:00"]
+    listed = run_cli(["fit", *common, "--trainer.callbacks+=vitlab.callbacks.TimeBudget"]).trainer.callbacks
+    assert sum(isinstance(c, TimeBudget) for c in listed) == 1
+    assert not any(isinstance(c, TimeBudget) for c in run_cli(["fit", *common]).trainer.callbacks)
 
 
 def test_a_shortened_schedule_survives_a_checkpoint(tmp_path):

@@ -52,22 +52,16 @@ class VitlabCLI(LightningCLI):
                              "last_checkpoint.enable_version_counter": False})
 
     def instantiate_trainer(self, **kwargs):
-        """The config's Trainer plus, unless the config lists its own, ``vitlab.callbacks.ThreadTuner`` on a CPU
-        accelerator (one thread instead of all when another job makes torch's threads wait on each other) and
-        ``vitlab.callbacks.TimeBudget`` when ``max_time`` is set (the LR schedule ends inside the cap)."""
+        """The config's Trainer plus ``vitlab.callbacks.ThreadTuner`` on a CPU accelerator (unless the config already
+        has one): one thread instead of all when another job makes torch's threads wait on each other."""
         from lightning.pytorch.accelerators import CPUAccelerator
-        from lightning.pytorch.callbacks import Timer
 
-        from vitlab.callbacks import ThreadTuner, TimeBudget
+        from vitlab.callbacks import ThreadTuner
 
         trainer = super().instantiate_trainer(**kwargs)
-        def has(kind) -> bool:
-            return any(isinstance(c, kind) for c in trainer.callbacks)
-
-        if isinstance(trainer.accelerator, CPUAccelerator) and not has(ThreadTuner):
+        if isinstance(trainer.accelerator, CPUAccelerator) and not any(isinstance(c, ThreadTuner)
+                                                                        for c in trainer.callbacks):
             trainer.callbacks.append(ThreadTuner())
-        if has(Timer) and not has(TimeBudget):
-            trainer.callbacks.append(TimeBudget())
         return trainer
 
     def _parse_ckpt_path(self) -> None:
