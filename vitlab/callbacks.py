@@ -129,7 +129,7 @@ class TimeBudget(L.Callback):
                                        f"the LR schedule now ends at step {end} ({rate:.1f} steps/s)")
                     f.total = end
                     self.ends.append((step, end))
-        if any(f.total < f.planned and step >= f.total for f in schedules):
+        if not trainer.should_stop and any(f.total < f.planned and step >= f.total for f in schedules):
             rank_zero_info(f"TimeBudget: the LR schedule ended at step {step} of {schedules[0].planned} planned, "
                            "inside max_time; stopping")
             trainer.should_stop = True
