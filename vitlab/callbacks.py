@@ -105,20 +105,19 @@ class TimeBudget(L.Callback):
         self.every, self.start, self.margin = every, start, margin
         self.ends: list[tuple[int, int]] = []
 
-    @staticmethod
-    def _schedules(trainer) -> list[WarmupCosine]:
-        return [f for cfg in trainer.lr_scheduler_configs for f in getattr(cfg.scheduler, "lr_lambdas", [])
-                if isinstance(f, WarmupCosine)]
-
     def on_train_start(self, trainer, pl_module) -> None:
+        """The cap's Timer and the schedules to fit (none without a ``max_time``: the callback then does nothing)."""
         self.t0, self.step0 = time.monotonic(), trainer.global_step
         self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        capped = self.timer is not None and self.timer.time_remaining() is not None
+        self.schedules = [f for cfg in trainer.lr_scheduler_configs for f in getattr(cfg.scheduler, "lr_lambdas", [])
+                          if isinstance(f, WarmupCosine)] if capped else []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        remaining = self.timer.time_remaining() if self.timer is not None else None
-        schedules = self._schedules(trainer) if remaining is not None else []
+        schedules = self.schedules
         done, step = trainer.global_step - self.step0, trainer.global_step
         if schedules and done >= self.start and done % self.every == 0:
+            remaining = self.timer.time_remaining()
             budget = self.timer.time_elapsed() + remaining
             rate = done / max(1e-9, time.monotonic() - self.t0)
             fits = trainer.strategy.broadcast(step + int(rate * max(0.0, remaining - self.margin * budget)), src=0)
