@@ -6,8 +6,9 @@ from torchvision.ops import box_iou
 
 import vitlab
 from vitlab.errors import VitlabError
+from vitlab.models.backbone import WeightsWarning
 from vitlab.models.detect import DetectorCfg, MaxDownsample, ViTDetector, create_detector, postprocess
-from vitlab.models.fcos import assign_targets, decode_boxes, level_ranges, make_points
+from vitlab.models.fcos import assign_atss, assign_targets, decode_boxes, level_ranges, make_points
 
 K = 3
 
@@ -80,6 +81,28 @@ def test_overlapping_boxes_give_shared_points_to_the_smaller_box():
     matched = assign_targets(points, strides, level_ranges(strides), boxes, center_radius=3)
     inner = (points > 24).all(-1) & (points < 40).all(-1)
     assert (matched[inner] == 1).all()
+
+
+def test_atss_picks_each_box_its_level_by_iou_and_keeps_points_inside():
+    points, strides = make_points([(16, 16), (8, 8)], [8, 16])  # vitdet_scenes' levels on 128 px
+    boxes = torch.tensor([[10.0, 10.0, 24.0, 24.0],  # 14 px: the 32 px squares of stride 8 fit it best
+                          [40.0, 40.0, 124.0, 120.0],  # 84 x 80 px: the 64 px squares of stride 16
+                          [60.0, 5.0, 90.0, 50.0]])  # 30 x 45 px: stride 8
+    matched = assign_atss(points, strides, boxes, topk=9, anchor_scale=4.0)
+    for i, stride in ((0, 8), (1, 16), (2, 8)):
+        pos = matched == i
+        assert 1 <= pos.sum() <= 9 and (strides[pos] == stride).all()
+        x, y = points[pos].unbind(-1)
+        b = boxes[i]
+        assert ((x > b[0]) & (x < b[2]) & (y > b[1]) & (y < b[3])).all()
+    assert (assign_atss(points, strides, torch.zeros(0, 4)) == -1).all()
+    # the loss runs with it, and an unknown assigner is refused
+    model = create_detector("vitdet_scenes", num_classes=3, depth=1, assigner="atss")
+    images, gt, labels = _scene()
+    losses = model.loss(model(torch.nn.functional.interpolate(images.float(), 128)), [b * 2 for b in gt], labels)
+    assert torch.isfinite(losses["loss"]) and losses["box"] > 0
+    with pytest.raises(VitlabError, match="assigner must be"):
+        create_detector("vitdet_scenes", assigner="simota")
 
 
 def _scene():
@@ -268,8 +291,23 @@ def test_pretrained_loads_a_classifier_backbone(tmp_path):
     assert torch.equal(det.backbone.vit.state_dict()[w], clf.backbone.vit.state_dict()[w])
 
 
+def test_grey_garment_classifier_loads_into_the_rgb_detector(tmp_path):
+    """vitdet_scenes_fm takes vitlab_fmnist_cs's conv stem and blocks: the grey stem's first convolution is spread
+    over R, G and B (so a grey pixel gives the classifier's response), the 4x4 position grid resampled to 16x16."""
+    clf = vitlab.create_model("vitlab_fmnist_cs")
+    path = tmp_path / "garments.pt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in clf.state_dict().items()}}, path)
+    with pytest.warns(WeightsWarning, match="in_chans 1->3"):
+        det = create_detector("vitdet_scenes_fm", pretrained=str(path))
+    own, theirs = det.backbone.vit.state_dict(), clf.backbone.vit.state_dict()
+    assert torch.allclose(own["patch_embed.proj.0.weight"].sum(1, keepdim=True), theirs["patch_embed.proj.0.weight"])
+    for k in ("blocks.3.mlp.fc2.weight", "patch_embed.proj.3.weight"):
+        assert torch.equal(own[k], theirs[k])
+    assert own["pos_embed"].shape == (1, 256, 128)
+
+
 def test_registry_lists_detection_variants():
     names = vitlab.list_models(include_timm=False)
     assert {"vitdet_scenes", "vitdet_small_640", "vitlab_tiny"} <= set(names)
     assert vitlab.list_models("vitdet_*", include_timm=False) == ["vitdet_scenes", "vitdet_scenes_cs",
-                                                                  "vitdet_small_640"]
+                                                                  "vitdet_scenes_fm", "vitdet_small_640"]

@@ -37,7 +37,10 @@ class DetectorCfg:
     ``fpn_channels``: the common width of the levels. ``num_convs``: 3x3 convolutions in each head tower.
     ``center_radius``: FCOS center sampling, in strides. ``range_per_stride``: a level of stride s learns boxes whose
     largest point-to-side distance is up to ``range_per_stride * s`` (FCOS: 8). ``prior_prob``: initial foreground
-    probability of the classifier (focal loss).
+    probability of the classifier (focal loss). ``assigner``: which points learn which box, ``"fcos"`` (center sampling
+    and level ranges, the two options above) or ``"atss"`` (adaptive: ``atss_topk`` nearest points per level, IoU
+    above the candidates' mean + std, each point standing for a square of ``range_per_stride`` strides;
+    ``vitlab.models.fcos.assign_atss``).
     """
 
     scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
@@ -46,8 +49,12 @@ class DetectorCfg:
     center_radius: float = 1.5
     range_per_stride: float = 8.0
     prior_prob: float = 0.01
+    assigner: str = "fcos"
+    atss_topk: int = 9
 
     def __post_init__(self) -> None:
+        if self.assigner not in ("fcos", "atss"):
+            raise VitlabError(f"head.assigner must be 'fcos' or 'atss', got {self.assigner!r}")
         for f in self.scale_factors:
             if f <= 0 or not math.log2(f).is_integer():
                 raise VitlabError(f"head.scale_factors must be powers of two (4, 2, 1, 0.5, ...), got {f}")
@@ -161,7 +168,9 @@ class ViTDetector(nn.Module):
         """FCOS losses ``{"cls", "box", "ctr", "loss"}`` against per-image ``boxes [M, 4]`` (x1, y1, x2, y2 in input
         pixels) and ``labels [M]``; ``points``/``strides`` default to the model's input size."""
         points, strides = self._points(outputs, points, strides)
-        return fcos_loss(outputs, points, strides, boxes, labels, self.cfg.center_radius, self.cfg.range_per_stride)
+        c = self.cfg
+        return fcos_loss(outputs, points, strides, boxes, labels, c.center_radius, c.range_per_stride, c.assigner,
+                         c.atss_topk)
 
     def postprocess(self, outputs: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         """``vitlab.models.detect.postprocess`` with this model's points (see there for the options)."""
@@ -239,6 +248,16 @@ def vitdet_scenes_cs() -> ModelSpec:
     faster per step and per minute on 2 cores than the plain patchify (README, "Object detection")."""
     spec = vitdet_scenes()
     return dataclasses.replace(spec, kwargs={**spec.kwargs, "embed_layer": conv_stem((32, 64, 128))})
+
+
+@register_model
+def vitdet_scenes_fm() -> ModelSpec:
+    """``vitdet_scenes`` with ``vitlab_fmnist_cs``'s conv stem (16/s1-32-64-128: a full-resolution layer, then three
+    stride-2 ones, 128 px -> 16x16 tokens) and transformer, so that a garment classifier trained by
+    ``configs/classify/fmnist_best.yaml`` loads as its backbone (``pretrained=``; grey -> RGB adapted)."""
+    spec = vitdet_scenes()
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, "embed_layer": conv_stem((16, 32, 64, 128),
+                                                                                     strides=(1, 2, 2, 2))})
 
 
 @register_model

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSRegressionHead
-from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 
 class FCOSHead(nn.Module):
@@ -88,12 +88,45 @@ def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Te
     return torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
 
 
+def assign_atss(points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor, topk: int = 9,
+                anchor_scale: float = 8.0) -> torch.Tensor:
+    """ATSS's adaptive assignment (Zhang et al., 2020, "Bridging the Gap Between Anchor-based and Anchor-free
+    Detection via Adaptive Training Sample Selection"), anchor-free form: each point stands for a square of side
+    ``anchor_scale * stride`` centred on it. Per box, the ``topk`` points of each level nearest its centre are the
+    candidates; those whose square's IoU with the box reaches the mean + standard deviation of the candidates' IoUs,
+    and that lie inside the box, are positive; a point positive for several boxes takes the one of highest IoU.
+    No level ranges or radius to tune: the threshold adapts to each box's size and shape. Returns ``[P]`` (-1:
+    background)."""
+    if boxes.numel() == 0:
+        return torch.full((len(points),), -1, dtype=torch.long, device=points.device)
+    half = strides[:, None] * anchor_scale / 2  # [P, 1]
+    iou = box_iou(torch.cat([points - half, points + half], -1), boxes)  # [P, M]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [M, 2]
+    dist = torch.cdist(points, centres)  # [P, M]
+    candidate = torch.zeros_like(iou, dtype=torch.bool)
+    start = 0
+    for size in points_per_level(strides):  # a few levels: a static loop
+        near = dist[start:start + size].topk(min(topk, size), dim=0, largest=False).indices + start  # [k, M]
+        candidate.scatter_(0, near, True)
+        start += size
+    cand_iou = torch.where(candidate, iou, torch.nan)  # [P, M]
+    mean = cand_iou.nanmean(0)  # [M]
+    std = torch.sqrt(torch.nanmean((cand_iou - mean) ** 2, 0))  # [M]
+    x, y = points[:, 0:1], points[:, 1:2]  # [P, 1]
+    inside = (x > boxes[:, 0]) & (y > boxes[:, 1]) & (x < boxes[:, 2]) & (y < boxes[:, 3])  # [P, M]
+    positive = candidate & inside & (iou >= mean + std)  # [P, M]
+    best, idx = torch.where(positive, iou, torch.full_like(iou, -1.0)).max(-1)  # [P]
+    return torch.where(best >= 0, idx, torch.full_like(idx, -1))
+
+
 def fcos_loss(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides: torch.Tensor,
               boxes: list[torch.Tensor], labels: list[torch.Tensor], center_radius: float = 1.5,
-              range_per_stride: float = 8.0) -> dict[str, torch.Tensor]:
+              range_per_stride: float = 8.0, assigner: str = "fcos", atss_topk: int = 9) -> dict[str, torch.Tensor]:
     """Focal loss over all points and classes, GIoU and centerness BCE over the positives, each summed and divided
     by the number of positives in the batch (at least 1). ``boxes``: per image ``[M, 4]`` x1, y1, x2, y2 in input
-    pixels; ``labels``: per image ``[M]`` in 0..K-1."""
+    pixels; ``labels``: per image ``[M]`` in 0..K-1. ``assigner``: ``"fcos"`` (center sampling within
+    ``center_radius`` strides, level ranges of ``range_per_stride``; ``assign_targets``) or ``"atss"``
+    (``assign_atss`` with ``atss_topk`` candidates per level and squares of ``range_per_stride`` strides)."""
     cls_logits = outputs["cls_logits"]  # [N, P, K]
     box_regression = outputs["box_regression"]  # [N, P, 4]
     centerness = outputs["centerness"]  # [N, P]
@@ -102,7 +135,8 @@ def fcos_loss(outputs: dict[str, torch.Tensor], points: torch.Tensor, strides: t
     gt_boxes, gt_cls = [], []
     for b, lab in zip(boxes, labels):
         b, lab = b.to(dev, torch.float32).reshape(-1, 4), lab.to(dev, torch.long).reshape(-1)
-        matched = assign_targets(points, strides, ranges, b, center_radius)  # [P]
+        matched = (assign_atss(points, strides, b, atss_topk, range_per_stride) if assigner == "atss"
+                   else assign_targets(points, strides, ranges, b, center_radius))  # [P]
         safe = matched.clamp(min=0)
         gt_boxes.append(b[safe] if len(b) else points.new_zeros(len(points), 4))  # [P, 4]
         gt_cls.append(torch.where(matched >= 0, lab[safe] if len(lab) else matched, -1))  # [P]
