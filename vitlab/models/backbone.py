@@ -220,7 +220,7 @@ def load_weights(backbone: ViTBackbone, head: nn.Module | None, path: str | os.P
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     first = next((k for k in ("patch_embed.proj.weight", "patch_embed.proj.0.weight") if k in body), None)
-    w = body.get(first) if first else None  # the patchify convolution, or a conv stem's first convolution
+    w = body[first] if first else None  # the patchify convolution, or a conv stem's first convolution
     if w is not None and w.shape[1] != backbone.preprocess.channels:
         c = backbone.preprocess.channels  # timm's adapt_input_conv starts from RGB only: grey is spread over c
         body[first] = w.repeat(1, c, 1, 1) / c if w.shape[1] == 1 else adapt_input_conv(c, w)

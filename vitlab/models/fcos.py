@@ -69,6 +69,13 @@ def level_ranges(strides: torch.Tensor, range_per_stride: float = 8.0) -> torch.
     return torch.stack([lowers[idx], uppers[idx]], dim=-1)
 
 
+def point_to_sides(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``[P, M, 4]`` distances (l, t, r, b) in pixels from each point to the four sides of each box; all positive
+    exactly when the point lies inside the box."""
+    x, y = points[:, 0:1], points[:, 1:2]  # [P, 1]
+    return torch.stack([x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], dim=-1)
+
+
 def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Tensor, boxes: torch.Tensor,
                    center_radius: float = 1.5) -> torch.Tensor:
     """The ground-truth index each point learns from, ``[P]`` (-1: background). A point is positive for a box when
@@ -78,8 +85,7 @@ def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Te
         return torch.full((len(points),), -1, dtype=torch.long, device=points.device)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [M, 2]
     near = ((points[:, None] - centres[None]).abs().amax(-1) < center_radius * strides[:, None])  # [P, M]
-    x, y = points[:, 0:1], points[:, 1:2]  # [P, 1]
-    ltrb = torch.stack([x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], dim=-1)  # [P, M, 4]
+    ltrb = point_to_sides(points, boxes)  # [P, M, 4]
     reach = ltrb.amax(-1)  # [P, M]
     match = near & (ltrb.amin(-1) > 0) & (reach > ranges[:, :1]) & (reach <= ranges[:, 1:])  # [P, M]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [M]
@@ -112,8 +118,7 @@ def assign_atss(points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor
     cand_iou = torch.where(candidate, iou, torch.nan)  # [P, M]
     mean = cand_iou.nanmean(0)  # [M]
     std = torch.sqrt(torch.nanmean((cand_iou - mean) ** 2, 0))  # [M]
-    x, y = points[:, 0:1], points[:, 1:2]  # [P, 1]
-    inside = (x > boxes[:, 0]) & (y > boxes[:, 1]) & (x < boxes[:, 2]) & (y < boxes[:, 3])  # [P, M]
+    inside = point_to_sides(points, boxes).amin(-1) > 0  # [P, M]
     positive = candidate & inside & (iou >= mean + std)  # [P, M]
     best, idx = torch.where(positive, iou, torch.full_like(iou, -1.0)).max(-1)  # [P]
     return torch.where(best >= 0, idx, torch.full_like(idx, -1))
