@@ -57,6 +57,21 @@ def _shift_erase(x: torch.Tensor, shift: int, erase: float) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, flip: bool) -> float:
+    """Test accuracy in %; ``flip``: softmax averaged over each image and its mirror image (test-time flip)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), 1000):
+        xb = x[i:i + 1000].float()
+        prob = model(xb).softmax(1)
+        if flip:
+            prob = prob + model(xb.flip(-1)).softmax(1)
+        correct += int((prob.argmax(1) == y[i:i + 1000]).sum())
+    model.train()
+    return round(100 * correct / len(y), 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=6)
@@ -77,6 +92,8 @@ def main() -> None:
                     "then a random crop back: fmnist_shift.yaml's PadIfNeeded + RandomCrop)")
     ap.add_argument("--erase", type=float, default=0.0, help="probability of erasing one random rectangle "
                     "(2-33 %% of the area, aspect 0.3-3.3, filled with 0: Albumentations' Erasing)")
+    ap.add_argument("--ema", type=float, default=0.0, help="also evaluate an exponential moving average of the "
+                    "weights with this decay (ClassificationTask's ema_decay), e.g. 0.9998")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     print(json.dumps({"machine": machine_info(), **run_info()}), flush=True)
@@ -93,13 +110,15 @@ def main() -> None:
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=args.lr)
+    swa = torch.optim.swa_utils
+    ema = None if not args.ema else swa.AveragedModel(model, multi_avg_fn=swa.get_ema_multi_avg_fn(args.ema),
+                                                      use_buffers=True)
     per_epoch = len(ytr) // args.batch
     total, warm = args.epochs * per_epoch, int(args.warmup_epochs * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
-        model.train()
         perm = torch.randperm(len(ytr))
         for i in range(per_epoch):
             idx = perm[i * args.batch:(i + 1) * args.batch]
@@ -113,12 +132,15 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(xte[i:i + 1000]).argmax(1) for i in range(0, len(yte), 1000)])
-        correct = int((pred == yte).sum())
-        print(json.dumps({**vars(args), "epoch": epoch + 1, "seconds": round(time.perf_counter() - t0),
-                          "test_acc": round(100 * correct / len(yte), 2)}), flush=True)
+            if ema is not None:
+                ema.update_parameters(model)
+        accs = {"test_acc": _accuracy(model, xte, yte, flip=False),
+                "test_acc_flip_tta": _accuracy(model, xte, yte, flip=True)}  # mean of the image's and its mirror's
+        if ema is not None:
+            accs.update(ema_test_acc=_accuracy(ema, xte, yte, flip=False),
+                        ema_test_acc_flip_tta=_accuracy(ema, xte, yte, flip=True))
+        print(json.dumps({**vars(args), "epoch": epoch + 1, "seconds": round(time.perf_counter() - t0), **accs}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -247,6 +247,17 @@ def test_create_detector_scenes_variant():
     assert len(other.points) == 20 * 20 + 10 * 10
 
 
+@pytest.mark.parametrize("fpn_channels", [64, 128])
+def test_every_box_side_starts_alive(fpn_channels):
+    """The distances pass a ReLU: a side at 0 for every point gets no gradient and never learns (a 128-channel
+    pyramid lost its top side that way). At initialisation every side of every point is positive."""
+    torch.manual_seed(0)
+    model = create_detector("vitdet_scenes_cs", fpn_channels=fpn_channels).eval()
+    with torch.no_grad():
+        sides = model(torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8))["box_regression"]
+    assert (sides > 0).all(), [round(float((sides[..., k] == 0).float().mean()), 3) for k in range(4)]
+
+
 def test_conv_stem_variant_keeps_the_token_grid_and_points():
     plain, stem = create_detector("vitdet_scenes"), create_detector("vitdet_scenes_cs")
     assert isinstance(stem.backbone.vit.patch_embed.proj, torch.nn.Sequential)  # the conv stem, not a patchify

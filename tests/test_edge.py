@@ -241,3 +241,17 @@ def test_edge_options_out_of_range_are_one_line_before_the_model_loads(photo_dir
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"vitlab-edge: error: {message}"]
     assert [p.name for p in tmp_path.iterdir()] == [photo_dir.name]  # nothing written
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, want", [
+    ("AuthenticAMD", 25, 1, {"avx2"}, "Zen 3"),
+    ("AuthenticAMD", 25, 17, {"avx2", "avx512f"}, "Zen 4"),
+    ("GenuineIntel", 6, 207, {"avx512f", "amx_tile"}, "Emerald Rapids"),
+    ("GenuineIntel", 6, 143, {"avx512f", "amx_tile"}, "Sapphire Rapids"),
+    ("GenuineIntel", 6, 999, {"avx2"}, None),
+    ("AuthenticAMD", None, None, set(), None),
+])
+def test_machine_block_names_the_micro_architecture(vendor, family, model, flags, want):
+    from vitlab_edge.machine import _uarch
+
+    assert _uarch(vendor, family, model, flags) == want

@@ -63,3 +63,37 @@ def test_test_without_logger_writes_report_under_the_run_folder(tmp_path, monkey
     report = run / "test_report"
     assert (report / "per_class.csv").is_file() and (report / "confusion_matrix.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing loose in the working directory
+
+
+def test_test_time_flip_in_eval_reload_and_export(tmp_path):
+    """``test_time_flip``: eval logits are the mean over the image and its mirror (so mirror-invariant), training
+    logits are not averaged, and the flag comes back from the checkpoint and into the exported graph."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from vitlab.onnx import count_fused_attention
+    from vitlab.onnx.graph import export_graph
+
+    torch.manual_seed(0)
+    task = ClassificationTask(**TINY, num_classes=10, test_time_flip=True)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    task.eval()
+    with torch.no_grad():
+        both = task(x)
+        task.model.test_time_flip = False
+        one, mirrored = task(x), task(x.flip(-1))
+        task.model.test_time_flip = True
+        assert torch.allclose(both, (one + mirrored) / 2, atol=1e-5) and not torch.allclose(one, mirrored, atol=1e-3)
+        assert torch.allclose(task(x.flip(-1)), both, atol=1e-5)
+        task.train()
+        assert torch.allclose(task.model.head(task.model.backbone(x)["pooled"]), task(x))  # no averaging in training
+    ckpt = tmp_path / "flip.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    again = vitlab.load(ckpt)
+    assert again.model.test_time_flip and torch.allclose(again.eval()(x), both, atol=1e-5)
+    graph = export_graph(again.model)
+    assert count_fused_attention(graph) == again.model.backbone.depth  # one pass over the images and their mirrors
+    logits = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": x.numpy()})
+    np.testing.assert_allclose(logits[0], both.numpy(), atol=1e-4)

@@ -45,9 +45,19 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+# Intel server cores by family 6 model number (Intel's SDM, "CPUID signature values")
+_INTEL_SERVER = {85: "Skylake-SP / Cascade Lake", 106: "Ice Lake-SP", 108: "Ice Lake-SP", 143: "Sapphire Rapids",
+                 207: "Emerald Rapids", 173: "Granite Rapids", 174: "Granite Rapids"}
+
+
 def _uarch(vendor: str, family: int | None, model: int | None, flags: set[str]) -> str | None:
-    """An approximate AMD micro-architecture (family 25 is Zen 3 and Zen 4: only Zen 4 has AVX-512); None otherwise."""
-    if vendor != "AuthenticAMD" or family is None:
+    """An approximate micro-architecture: AMD Zen generations (family 25 is Zen 3 and Zen 4: only Zen 4 has
+    AVX-512) and Intel's server cores (the machines these figures come from); None otherwise."""
+    if family is None:
+        return None
+    if vendor == "GenuineIntel":
+        return _INTEL_SERVER.get(model) if family == 6 else None
+    if vendor != "AuthenticAMD":
         return None
     if family == 23:
         return "Zen 2" if (model or 0) >= 0x30 else "Zen / Zen+"

@@ -21,10 +21,16 @@ _GREY = PreprocessCfg(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), inter
 
 
 class ViTClassifier(nn.Module):
-    """``forward(images)`` -> logits ``[N, num_classes]``; images are 0..255 pixels ``[N, C, H, W]``."""
+    """``forward(images)`` -> logits ``[N, num_classes]``; images are 0..255 pixels ``[N, C, H, W]``.
 
-    def __init__(self, backbone: ViTBackbone, num_classes: int, head_drop: float = 0.0) -> None:
+    ``test_time_flip``: in eval mode the logits are the mean of the image's and its mirror image's (for models trained
+    with horizontal flips; twice the inference cost). It is part of ``forward``, so the exported graph does it too.
+    """
+
+    def __init__(self, backbone: ViTBackbone, num_classes: int, head_drop: float = 0.0,
+                 test_time_flip: bool = False) -> None:
         super().__init__()
+        self.test_time_flip = test_time_flip
         self.backbone = backbone
         self.head_drop = nn.Dropout(head_drop)
         self.head = nn.Linear(backbone.out_channels, num_classes)
@@ -40,8 +46,10 @@ class ViTClassifier(nn.Module):
         return self.backbone.preprocess
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.backbone(images)["pooled"]  # [N, D]
-        return self.head(self.head_drop(pooled))  # [N, C]
+        flip = self.test_time_flip and not self.training
+        x = torch.cat([images, images.flip(-1)]) if flip else images  # one pass over [2N, ...]: one graph per block
+        logits = self.head(self.head_drop(self.backbone(x)["pooled"]))  # [N, C] ([2N, C] with the mirror images)
+        return logits.reshape(2, -1, logits.shape[-1]).mean(0) if flip else logits
 
 
 def create_backbone(name: str | os.PathLike, pretrained: bool | str | os.PathLike | None = None,

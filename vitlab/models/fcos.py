@@ -29,6 +29,11 @@ class FCOSHead(nn.Module):
         norm = partial(nn.GroupNorm, math.gcd(32, in_channels))
         self.classification_head = FCOSClassificationHead(in_channels, 1, num_classes, num_convs, prior_prob, norm)
         self.regression_head = FCOSRegressionHead(in_channels, 1, num_convs, norm)
+        # torchvision starts the four distances at 0 (bias 0, weights ~0) behind a ReLU: a side whose output turns
+        # negative at every point stops learning for good (measured: a scenes detector with fpn_channels 128 ended
+        # its 680 steps with the top side at 0 for 100 % of points, its box loss stuck at 0.62-0.72 from step 180).
+        # Starting each at one stride keeps the gradient flowing while the towers settle.
+        nn.init.constant_(self.regression_head.bbox_reg.bias, 1.0)
 
     @property
     def num_classes(self) -> int:

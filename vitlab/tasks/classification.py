@@ -47,7 +47,8 @@ class ClassificationTask(VitlabTask):
                  class_names: list[str] | None = None, model_options: dict[str, Any] | None = None,
                  pretrained: str | bool | None = None, optim: OptimConfig = DEFAULT_OPTIM,
                  label_smoothing: float = 0.1, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, ema_decay: float | None = None) -> None:
+                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, ema_decay: float | None = None,
+                 test_time_flip: bool = False) -> None:
         """
         Args:
             model_name: vitlab variant or timm ViT-family architecture (``vitlab.list_models()``).
@@ -57,6 +58,8 @@ class ClassificationTask(VitlabTask):
                 warmup_steps, min_lr_ratio, layer_decay); keys left out keep ``DEFAULT_OPTIM``.
             mixup_alpha / cutmix_alpha: Beta parameters; 0 disables each.
             ema_decay: keep an exponential moving average of the weights (used for validation and saved).
+            test_time_flip: validation, test, predict and the exported model average the logits of each image and
+                its mirror image (for models trained with horizontal flips; twice the inference cost).
         """
         super().__init__()
         optim = OptimConfig.of(optim, DEFAULT_OPTIM).as_dict()  # plain values in the checkpoint
@@ -65,6 +68,7 @@ class ClassificationTask(VitlabTask):
             raise VitlabError(f"model.class_names has {len(class_names)} names for num_classes={num_classes}")
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained,
                                   labels=class_names, **(model_options or {}))
+        self.model.test_time_flip = test_time_flip
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
