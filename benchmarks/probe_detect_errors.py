@@ -25,14 +25,14 @@ import torch
 from faster_coco_eval import COCO
 from machine import machine_info  # benchmarks/machine.py: the machine block of every result
 from PIL import Image
-from torchvision.ops import batched_nms, box_iou, nms
+from torchvision.ops import batched_nms, box_convert, box_iou, nms
 
 from vitlab.tasks.detection import coco_evaluate
 
 
 def _xyxy(rows: list[dict]) -> torch.Tensor:
-    b = torch.tensor([r["bbox"] for r in rows], dtype=torch.float64).reshape(-1, 4)
-    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1)
+    """COCO rows' ``bbox`` (x, y, w, h) as ``[N, 4]`` x1, y1, x2, y2."""
+    return box_convert(torch.tensor([r["bbox"] for r in rows], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
 @torch.no_grad()
@@ -93,11 +93,11 @@ def main() -> None:
         if not gts:
             oracle += dets
             continue
-        iou = box_iou(_xyxy(dets), _xyxy(gts))  # [D, G]
+        boxes, scores = _xyxy(dets), torch.tensor([d["score"] for d in dets], dtype=torch.float64)
+        iou = box_iou(boxes, _xyxy(gts))  # [D, G]
         best_iou, best_gt = iou.max(1)
         relabelled = [dict(d, category_id=gts[g]["category_id"]) if v >= args.iou else dict(d)
                       for d, v, g in zip(dets, best_iou.tolist(), best_gt.tolist())]
-        boxes, scores = _xyxy(relabelled), torch.tensor([d["score"] for d in relabelled], dtype=torch.float64)
         keep = batched_nms(boxes, scores, torch.tensor([d["category_id"] for d in relabelled]), args.nms)
         oracle += [relabelled[k] for k in keep.tolist()]
         for g, a in enumerate(gts):

@@ -33,6 +33,18 @@ from vitlab.models.detect import create_detector  # noqa: E402
 PARTS = ("data", "forward", "loss", "backward", "optimizer")
 
 
+def _detector(args):
+    return create_detector(args.model, num_classes=10, **{"img_size": 128, **args.model_options})
+
+
+def _train_batches(args, preprocess):
+    """An iterator over the scenes' training batches, without augmentation."""
+    dm = ScenesDataModule(root=args.root, image_size=128, batch_size=args.batch_size, train_augment=None,
+                          preprocess=preprocess)
+    dm.setup("fit")
+    return iter(dm.train_dataloader())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vitdet_scenes_cs")
@@ -49,11 +61,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.levers:
         return levers(args)
-    model = create_detector(args.model, num_classes=10, **{"img_size": 128, **args.model_options})
-    dm = ScenesDataModule(root=args.root, image_size=128, batch_size=args.batch_size, train_augment=None,
-                          preprocess=model.preprocess)
-    dm.setup("fit")
-    batches = iter(dm.train_dataloader())
+    model = _detector(args)
+    batches = _train_batches(args, model.preprocess)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     spent = dict.fromkeys(PARTS, 0.0)
 
@@ -94,16 +103,13 @@ def levers(args) -> None:
     """Whole training steps (forward, loss, backward, AdamW) per lever, taking turns over the same 8 batches."""
     def build(lever: str):
         torch.manual_seed(0)
-        model = create_detector(args.model, num_classes=10, **{"img_size": 128, **args.model_options})
+        model = _detector(args)
         if lever == "channels_last":
             model = model.to(memory_format=torch.channels_last)
         return model, torch.compile(model) if lever == "compile" else model, torch.optim.AdamW(model.parameters())
 
     built = {lever: build(lever) for lever in args.levers}
-    dm = ScenesDataModule(root=args.root, image_size=128, batch_size=args.batch_size, train_augment=None,
-                          preprocess=built[args.levers[0]][0].preprocess)
-    dm.setup("fit")
-    loader = iter(dm.train_dataloader())
+    loader = _train_batches(args, built[args.levers[0]][0].preprocess)
     batches = [next(loader) for _ in range(8)]
 
     def step(lever: str, batch: dict) -> float:

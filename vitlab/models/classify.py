@@ -23,14 +23,14 @@ _GREY = PreprocessCfg(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), inter
 class ViTClassifier(nn.Module):
     """``forward(images)`` -> logits ``[N, num_classes]``; images are 0..255 pixels ``[N, C, H, W]``.
 
-    ``test_time_flip``: in eval mode the logits are the mean of the image's and its mirror image's (for models trained
-    with horizontal flips; twice the inference cost). It is part of ``forward``, so the exported graph does it too.
+    ``test_time_flip`` (set by ``ClassificationTask(test_time_flip=True)``, which keeps it in the checkpoint): in eval
+    mode the logits are the mean of the image's and its mirror image's (for models trained with horizontal flips; twice
+    the inference cost). It is part of ``forward``, so the exported graph does it too.
     """
 
-    def __init__(self, backbone: ViTBackbone, num_classes: int, head_drop: float = 0.0,
-                 test_time_flip: bool = False) -> None:
+    def __init__(self, backbone: ViTBackbone, num_classes: int, head_drop: float = 0.0) -> None:
         super().__init__()
-        self.test_time_flip = test_time_flip
+        self.test_time_flip = False
         self.backbone = backbone
         self.head_drop = nn.Dropout(head_drop)
         self.head = nn.Linear(backbone.out_channels, num_classes)
